@@ -1,0 +1,30 @@
+# The README's quick start: `make demo` and `make test` on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.main --config=configs/toy_vpsde.py --workdir=runs/demo --mode=all
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+bench: $(STAMP)
+	$(PY) benchmarks/likelihood_ode.py
+	$(PY) benchmarks/ensemble.py
+
+clean:
+	rm -rf runs .pytest_cache .jax_cache
