@@ -1,0 +1,47 @@
+"""The model protocol shared by every family (see DESIGN.md).
+
+Each family replaces the intractable density p(x) with something learnable and
+exposes it through the same four pure functions, so one trainer, one ensemble
+driver, one checkpoint format and one evaluation loop serve all of them.
+"""
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class Model(NamedTuple):
+    """A generative model as a bundle of pure functions.
+
+    init:     (key, example_batch) -> params
+    loss:     (params, key, batch) -> (scalar, metrics dict)
+    sample:   (params, key, num, **cond) -> samples
+    log_prob: (params, key, batch) -> per-example log-likelihood in nats, or None.
+              Each family's docstring says whether it is exact or a bound.
+    """
+
+    init: Callable[..., PyTree]
+    loss: Callable[..., tuple[jax.Array, dict]]
+    sample: Callable[..., Any]
+    log_prob: Optional[Callable[..., jax.Array]] = None
+
+
+def bits_per_dim(nats_per_example: jax.Array, num_dims: int) -> jax.Array:
+    """Converts nats per example to bits per dimension: nats / (D ln 2)."""
+    return nats_per_example / (num_dims * jnp.log(2.0))
+
+
+def check_shape(name: str, array: jax.Array, expected: tuple) -> None:
+    """Raises a ValueError naming `name` when `array.shape` does not match.
+
+    `expected` may hold None for a free dimension (usually the batch).
+    """
+    shape = tuple(array.shape)
+    ok = len(shape) == len(expected) and all(
+        e is None or e == s for s, e in zip(shape, expected)
+    )
+    if not ok:
+        pretty = tuple("N" if e is None else e for e in expected)
+        raise ValueError(f"{name} has shape {shape}; expected {pretty}")

@@ -1,0 +1,1 @@
+"""Score-based diffusion: SDEs, losses, samplers and likelihoods (Song et al. 2021)."""

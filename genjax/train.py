@@ -1,0 +1,227 @@
+"""One trainer for every family.
+
+Any `loss(params, key, batch) -> (scalar, metrics)` becomes a jitted, optionally
+scanned and data-parallel train function with an optax optimizer, gradient
+clipping, a warmup/cosine schedule and an EMA of the parameters. Ensembles of K
+configurations (seeds and float hyperparameters such as the learning rate) train
+in one program with `jax.vmap` over a leading axis of the state.
+
+Determinism: the RNG of step s is fold_in(fold_in(run_key, 0), s) and the batch of
+step s is batch_fn(fold_in(run_key, 1), s), so a run resumed from a checkpoint
+equals one that never stopped.
+"""
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+PyTree = Any
+
+_RNG_STREAM, _DATA_STREAM = 0, 1
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: number of updates applied so far
+    params: PyTree
+    ema_params: PyTree
+    opt_state: PyTree
+    run_key: jax.Array  # all randomness of the run derives from this key
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The RNG of the current step: a function of (run key, step) only."""
+    return jax.random.fold_in(jax.random.fold_in(state.run_key, _RNG_STREAM), state.step)
+
+
+def data_key(state: TrainState) -> jax.Array:
+    """The key that, with the step, fixes the data order of the run."""
+    return jax.random.fold_in(state.run_key, _DATA_STREAM)
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def lr_multiplier(*, warmup_steps: int, total_steps: int, schedule: str = "cosine",
+                  end_fraction: float = 0.0) -> optax.Schedule:
+    """Schedule in [0, 1] that multiplies the peak learning rate: linear warmup, then
+    cosine decay to `end_fraction` (Loshchilov & Hutter 2017), linear decay, or constant."""
+    if schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, 1.0, warmup_steps, max(total_steps, warmup_steps + 1), end_fraction)
+    if schedule == "linear":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, 1.0, warmup_steps),
+             optax.linear_schedule(1.0, end_fraction, max(total_steps - warmup_steps, 1))],
+            [warmup_steps])
+    if schedule == "constant":
+        return optax.linear_schedule(0.0, 1.0, warmup_steps) if warmup_steps else optax.constant_schedule(1.0)
+    raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine', 'linear' or 'constant'")
+
+
+def make_optimizer(
+    *,
+    learning_rate: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    end_fraction: float = 0.0,
+    grad_clip: float | None = 1.0,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> tuple[optax.GradientTransformation, Callable]:
+    """AdamW with global-norm clipping and a scheduled learning rate.
+
+    The peak learning rate and the other AdamW constants are injected
+    hyperparameters (`optax.inject_hyperparams`): they live in the optimizer state,
+    so ensemble members can hold different values (see `set_hyperparams`).
+
+    Returns (transformation, learning_rate_fn) where learning_rate_fn(opt_state)
+    is the learning rate the next update will use.
+    """
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    multiplier = lr_multiplier(warmup_steps=warmup_steps, total_steps=total_steps,
+                               schedule=schedule, end_fraction=end_fraction)
+    clip = optax.clip_by_global_norm(grad_clip) if grad_clip else optax.identity()
+    tx = optax.chain(clip, adamw, optax.scale_by_schedule(multiplier))
+
+    def learning_rate_fn(opt_state):
+        return opt_state[1].hyperparams["learning_rate"] * multiplier(opt_state[2].count)
+
+    return tx, learning_rate_fn
+
+
+def _is_injected(node) -> bool:
+    return hasattr(node, "hyperparams") and isinstance(getattr(node, "hyperparams"), dict)
+
+
+def get_hyperparams(opt_state) -> dict:
+    """The injected hyperparameters of an optimizer state (merged over injections)."""
+    found = {}
+    for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_injected):
+        if _is_injected(node):
+            found.update(node.hyperparams)
+    return found
+
+
+def set_hyperparams(opt_state, **values):
+    """A copy of `opt_state` with injected hyperparameters replaced; unknown names
+    raise a ValueError listing the valid ones."""
+    valid = get_hyperparams(opt_state)
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown optimizer hyperparameter(s) {unknown}; valid: {sorted(valid)}")
+
+    def replace(node):
+        if not _is_injected(node):
+            return node
+        hp = dict(node.hyperparams)
+        for name, value in values.items():
+            if name in hp:
+                hp[name] = jnp.asarray(value, dtype=hp[name].dtype)
+        return node._replace(hyperparams=hp)
+
+    return jax.tree_util.tree_map(replace, opt_state, is_leaf=_is_injected)
+
+
+# ----------------------------------------------------------------------------- state
+
+def init_state(init_fn: Callable, optimizer: optax.GradientTransformation, key,
+               example_batch, **hyperparams) -> TrainState:
+    """Initial state: params from `init_fn(key, batch)`, EMA = params, step 0.
+
+    `hyperparams` override injected optimizer hyperparameters (e.g. learning_rate).
+    """
+    init_key, run_key = jax.random.split(key)
+    params = init_fn(init_key, example_batch)
+    opt_state = optimizer.init(params)
+    if hyperparams:
+        opt_state = set_hyperparams(opt_state, **hyperparams)
+    return TrainState(jnp.zeros((), jnp.int32), params, params, opt_state, run_key)
+
+
+def init_ensemble(init_fn: Callable, optimizer, keys, example_batch, **hyperparams) -> TrainState:
+    """K stacked states (leading axis K), member k from keys[k] and hyperparams[name][k].
+
+    Member k is exactly `init_state(init_fn, optimizer, keys[k], batch, name=values[k])`.
+    """
+    keys = jnp.asarray(keys)
+    num = keys.shape[0]
+    for name, values in hyperparams.items():
+        if np.shape(values) != (num,):
+            raise ValueError(f"hyperparameter {name!r} has shape {np.shape(values)}; expected ({num},), one per member")
+    stacked = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
+    return jax.vmap(lambda key, hp: init_state(init_fn, optimizer, key, example_batch, **hp))(keys, stacked)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def default_mesh(devices: Sequence | None = None) -> Mesh:
+    """A 1-D mesh with a `data` axis over all (or the given) devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def shard_batch(batch, mesh: Mesh | None):
+    """Constrains every leaf's leading axis to the mesh's `data` axis (in a jit)."""
+    if mesh is None:
+        return batch
+    sharding = NamedSharding(mesh, P("data"))
+    return jax.tree_util.tree_map(lambda leaf: jax.lax.with_sharding_constraint(leaf, sharding), batch)
+
+
+def make_train_fn(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    ema_decay: float = 0.999,
+    steps_per_call: int = 1,
+    batch_fn: Callable | None = None,
+    mesh: Mesh | None = None,
+    learning_rate_fn: Callable | None = None,
+) -> Callable:
+    """Returns train_fn(state, batches=None) -> (state, metrics), pure and jittable.
+
+    Runs `steps_per_call` optimizer steps in a `lax.scan`. The batch of each step
+    comes from `batch_fn(data_key, step)` (generated on device; batches=None) or
+    from `batches`, a pytree with a leading axis of length steps_per_call.
+    Metrics are stacked over the steps: the loss's own metrics plus `loss`,
+    `grad_norm` and (given learning_rate_fn) `learning_rate`.
+    """
+
+    def one_step(state: TrainState, batch):
+        batch = shard_batch(batch, mesh)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, step_key(state), batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree_util.tree_map(
+            lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        metrics = dict(metrics)
+        metrics["loss"] = loss
+        metrics["grad_norm"] = optax.global_norm(grads)
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = learning_rate_fn(state.opt_state)
+        return TrainState(state.step + 1, params, ema, opt_state, state.run_key), metrics
+
+    def train_fn(state: TrainState, batches=None):
+        def body(state, batch):
+            if batch_fn is not None:
+                batch = batch_fn(data_key(state), state.step)
+            return one_step(state, batch)
+
+        if batch_fn is None and batches is None:
+            raise ValueError("train_fn needs `batches` when no batch_fn was given")
+        return jax.lax.scan(body, state, batches, length=steps_per_call)
+
+    return train_fn
+
+
+def first_nonfinite(losses, start_step: int) -> int | None:
+    """The step number of the first non-finite loss in a host array, or None."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
+    return None if bad.size == 0 else start_step + int(bad[0])
