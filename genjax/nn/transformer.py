@@ -1,0 +1,329 @@
+"""A GPT-style decoder-only transformer with an explicit KV cache.
+
+Architecture (Radford et al. 2019, "GPT-2"; as in nanoGPT / nanodo): token
+embedding, learned or rotary positions (Su et al. 2021, "RoFormer", eq. 34),
+pre-LayerNorm blocks of causal multi-head self-attention (Vaswani et al. 2017,
+eq. 1) and a GELU MLP (tanh approximation, Hendrycks & Gimpel 2016), a final
+LayerNorm and a (optionally tied, Press & Wolf 2017) unembedding.
+
+Mixed precision: parameters and the residual stream are float32; with
+`dtype=jnp.bfloat16` the matmuls take bfloat16 inputs, while attention scores,
+the softmax and the output logits are float32.
+
+Dropout (rate `dropout`) acts on the embedding sum and on each residual branch
+output. Attention weights get no dropout, so the einsum attention and
+`jax.nn.dot_product_attention` compute the same function.
+
+Decoding uses a pure cache pytree `KVCache(k, v)`, each of shape
+(layers, batch, max_len, heads, head_dim). Feeding T tokens at position `pos`
+writes their keys/values at [pos, pos + T) and lets each query attend to every
+cached position up to its own; entries beyond are masked, so stale entries
+left by rejected speculative drafts are harmless.
+"""
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_POSITIONS = ("learned", "rotary")
+_ATTENTION = ("einsum", "xla", "cudnn")
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, (layers, batch, max_len, heads, head_dim)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def rotary(x_BTHK: jax.Array, pos_T: jax.Array, base: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021, eq. 34), half-split pairing.
+
+    Channel i of the first half and channel i of the second half form a pair
+    rotated by angle pos * base^(-2i/K); computed in float32.
+    """
+    half = x_BTHK.shape[-1] // 2
+    freqs_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_TK = pos_T.astype(jnp.float32)[:, None] * freqs_K[None, :]
+    cos = jnp.cos(angle_TK)[None, :, None, :]
+    sin = jnp.sin(angle_TK)[None, :, None, :]
+    x = x_BTHK.astype(jnp.float32)
+    x1, x2 = x[..., :half], x[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTHK.dtype)
+
+
+def causal_attention(
+    q_BTHK: jax.Array,
+    k_BSHK: jax.Array,
+    v_BSHK: jax.Array,
+    q_pos_T: jax.Array,
+    *,
+    implementation: str = "einsum",
+) -> jax.Array:
+    """softmax(q k^T / sqrt(K) + mask) v (Vaswani et al. 2017, eq. 1).
+
+    Key j sits at position j; query t at position q_pos_T[t] sees keys j <= q_pos_T[t].
+    implementation: "einsum" (plain einsum + mask; fast on CPU), or "xla" /
+    "cudnn" for `jax.nn.dot_product_attention` with that backend.
+    Scores and softmax are float32 whatever the input dtype.
+    """
+    S = k_BSHK.shape[1]
+    mask_TS = jnp.arange(S)[None, :] <= q_pos_T[:, None]
+    if implementation == "einsum":
+        scale = 1.0 / np.sqrt(q_BTHK.shape[-1])
+        scores_BHTS = jnp.einsum(
+            "bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32
+        )
+        scores_BHTS = jnp.where(mask_TS, scores_BHTS * scale, jnp.finfo(jnp.float32).min)
+        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHK.dtype)
+        return jnp.einsum("bhts,bshk->bthk", probs_BHTS, v_BSHK)
+    if implementation in ("xla", "cudnn"):
+        return jax.nn.dot_product_attention(
+            q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None], implementation=implementation
+        )
+    raise ValueError(f"attention implementation={implementation!r}; expected one of {_ATTENTION}")
+
+
+class _Attention(nn.Module):
+    num_heads: int
+    num_layers: int
+    positions: str
+    implementation: str
+    rope_base: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x_BTD, pos_T, kv=None, write_pos=None):
+        B, T, D = x_BTD.shape
+        H, K = self.num_heads, D // self.num_heads
+        init = nn.initializers.normal(0.02)
+        qkv = nn.DenseGeneral((3, H, K), dtype=self.dtype, kernel_init=init, name="qkv")(x_BTD)
+        q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.positions == "rotary":
+            q_BTHK = rotary(q_BTHK, pos_T, self.rope_base)
+            k_BTHK = rotary(k_BTHK, pos_T, self.rope_base)
+        if kv is None:
+            impl = self.implementation
+            if impl == "cudnn":
+                # cuDNN's fused kernel takes the plain causal flag, not a mask.
+                out_BTHK = jax.nn.dot_product_attention(
+                    q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation="cudnn"
+                )
+            else:
+                out_BTHK = causal_attention(q_BTHK, k_BTHK, v_BTHK, pos_T, implementation=impl)
+            new_kv = None
+        else:
+            k_cache, v_cache = kv
+            k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BTHK.astype(k_cache.dtype), write_pos, 1)
+            v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BTHK.astype(v_cache.dtype), write_pos, 1)
+            # The cached path masks by position, which cuDNN's flag cannot express.
+            impl = "xla" if self.implementation == "cudnn" else self.implementation
+            out_BTHK = causal_attention(
+                q_BTHK, k_cache.astype(q_BTHK.dtype), v_cache.astype(q_BTHK.dtype), pos_T,
+                implementation=impl,
+            )
+            new_kv = (k_cache, v_cache)
+        # GPT-2 scales residual-branch outputs by 1/sqrt(2 * layers) at init.
+        out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
+        y_BTD = nn.DenseGeneral(D, axis=(-2, -1), dtype=self.dtype, kernel_init=out_init, name="out")(out_BTHK)
+        return y_BTD, new_kv
+
+
+class _Block(nn.Module):
+    num_heads: int
+    num_layers: int
+    d_ff: int
+    dropout: float
+    positions: str
+    implementation: str
+    rope_base: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x_BTD, pos_T, kv=None, write_pos=None, deterministic=True):
+        D = x_BTD.shape[-1]
+        attn = _Attention(
+            self.num_heads, self.num_layers, self.positions, self.implementation,
+            self.rope_base, self.dtype, name="attn",
+        )
+        h_BTD, new_kv = attn(nn.LayerNorm(name="ln1")(x_BTD), pos_T, kv, write_pos)
+        x_BTD = x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=deterministic)
+        init = nn.initializers.normal(0.02)
+        out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
+        h_BTF = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=init, name="fc")(nn.LayerNorm(name="ln2")(x_BTD))
+        h_BTF = jax.nn.gelu(h_BTF, approximate=True)
+        h_BTD = nn.Dense(D, dtype=self.dtype, kernel_init=out_init, name="proj")(h_BTF)
+        x_BTD = x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=deterministic)
+        return x_BTD, new_kv
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer: tokens_BT -> next-token logits_BTV (float32).
+
+    Attributes:
+      vocab_size, num_layers, d_model, num_heads: the usual sizes; d_model must be
+        a multiple of num_heads.
+      d_ff: MLP width (default 4 * d_model).
+      max_len: longest context (size of the learned position table and the cache).
+      dropout: dropout rate on the embeddings and residual branches.
+      positions: "learned" (GPT-2) or "rotary" (RoFormer).
+      tie_embeddings: share the token embedding with the unembedding.
+      dtype: matmul input dtype (float32 or bfloat16).
+      attention: "einsum", "xla" or "cudnn" (see `causal_attention`).
+      rope_base: rotary frequency base.
+
+    Apply methods: `__call__` (training / full forward) and `cached_call`
+    (feeds tokens into a KVCache). The plain methods `init_cache`, `prefill`,
+    `extend` and `decode_step` wrap `cached_call` for decoding with a
+    params dict (the 'params' collection).
+    """
+
+    vocab_size: int
+    num_layers: int = 2
+    d_model: int = 64
+    num_heads: int = 4
+    d_ff: int | None = None
+    max_len: int = 256
+    dropout: float = 0.0
+    positions: str = "learned"
+    tie_embeddings: bool = False
+    dtype: Any = jnp.float32
+    attention: str = "einsum"
+    rope_base: float = 10_000.0
+
+    def setup(self):
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not a multiple of num_heads={self.num_heads}")
+        if self.positions not in _POSITIONS:
+            raise ValueError(f"positions={self.positions!r}; expected one of {_POSITIONS}")
+        if self.attention not in _ATTENTION:
+            raise ValueError(f"attention={self.attention!r}; expected one of {_ATTENTION}")
+        if self.positions == "rotary" and (self.d_model // self.num_heads) % 2:
+            raise ValueError(f"rotary positions need an even head_dim; got {self.d_model // self.num_heads}")
+        init = nn.initializers.normal(0.02)
+        self.embed = self.param("embed", init, (self.vocab_size, self.d_model))
+        if self.positions == "learned":
+            self.pos_embed = self.param("pos_embed", init, (self.max_len, self.d_model))
+        if not self.tie_embeddings:
+            self.unembed = self.param("unembed", init, (self.d_model, self.vocab_size))
+        self.blocks = [
+            _Block(
+                self.num_heads, self.num_layers, self.d_ff or 4 * self.d_model, self.dropout,
+                self.positions, self.attention, self.rope_base, self.dtype, name=f"block_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+        self.ln_f = nn.LayerNorm()
+        self.drop = nn.Dropout(self.dropout)
+
+    def _forward(self, tokens_BT, pos, cache, deterministic):
+        T = tokens_BT.shape[1]
+        pos_T = pos + jnp.arange(T)
+        x_BTD = jnp.take(self.embed, tokens_BT, axis=0)
+        if self.positions == "learned":
+            x_BTD = x_BTD + jax.lax.dynamic_slice_in_dim(self.pos_embed, pos, T)[None]
+        x_BTD = self.drop(x_BTD, deterministic=deterministic)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x_BTD, new_kv = block(x_BTD, pos_T, kv, pos, deterministic)
+            if cache is not None:
+                ks.append(new_kv[0])
+                vs.append(new_kv[1])
+        h_BTD = self.ln_f(x_BTD).astype(self.dtype)
+        w_DV = self.embed.T if self.tie_embeddings else self.unembed
+        logits_BTV = jnp.einsum(
+            "btd,dv->btv", h_BTD, w_DV.astype(self.dtype), preferred_element_type=jnp.float32
+        )
+        new_cache = None if cache is None else KVCache(jnp.stack(ks), jnp.stack(vs))
+        return logits_BTV, new_cache
+
+    def __call__(self, tokens_BT, *, deterministic: bool = True):
+        """Full causal forward pass: logits_BTV[:, t] predicts tokens_BT[:, t + 1]."""
+        if tokens_BT.shape[1] > self.max_len:
+            raise ValueError(f"sequence length {tokens_BT.shape[1]} exceeds max_len={self.max_len}")
+        return self._forward(tokens_BT, 0, None, deterministic)[0]
+
+    def cached_call(self, tokens_BT, cache: KVCache, pos):
+        """Feeds tokens_BT at positions [pos, pos + T); returns (logits_BTV, new cache).
+
+        `pos` may be traced; the caller keeps pos + T <= max_len.
+        """
+        if tokens_BT.shape[1] > self.max_len:
+            raise ValueError(f"sequence length {tokens_BT.shape[1]} exceeds max_len={self.max_len}")
+        return self._forward(tokens_BT, pos, cache, True)
+
+    # Plain (unwrapped) helpers: pure functions of an explicit params dict.
+
+    @nn.nowrap
+    def init_cache(self, batch: int, dtype: Any = None) -> KVCache:
+        """An all-zero cache for `batch` sequences (dtype defaults to the matmul dtype)."""
+        shape = (self.num_layers, batch, self.max_len, self.num_heads, self.d_model // self.num_heads)
+        zeros = jnp.zeros(shape, dtype or self.dtype)
+        return KVCache(zeros, zeros)
+
+    @nn.nowrap
+    def extend(self, params, cache: KVCache, tokens_BT, pos):
+        """(logits_BTV, cache) after feeding tokens_BT at positions [pos, pos + T)."""
+        return self.apply({"params": params}, tokens_BT, cache, pos, method=Transformer.cached_call)
+
+    @nn.nowrap
+    def prefill(self, params, tokens_BT, cache: KVCache | None = None):
+        """Feeds a prompt from position 0 into a (fresh by default) cache."""
+        if cache is None:
+            cache = self.init_cache(tokens_BT.shape[0])
+        return self.extend(params, cache, tokens_BT, 0)
+
+    @nn.nowrap
+    def decode_step(self, params, cache: KVCache, tokens_B, pos):
+        """Feeds one token per sequence at position `pos`: (logits_BV, cache)."""
+        logits_B1V, cache = self.extend(params, cache, tokens_B[:, None], pos)
+        return logits_B1V[:, 0], cache
+
+    @nn.nowrap
+    def num_params(self, *, non_embedding: bool = False) -> int:
+        """Parameter count from shapes alone (no initialization is run)."""
+        shapes = jax.eval_shape(self.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+        return num_params(shapes["params"], non_embedding=non_embedding)
+
+    @nn.nowrap
+    def flops_per_token(self, n_ctx: int | None = None) -> int:
+        """Training FLOPs per token, Kaplan et al. 2020 Table 1 (see `flops_per_token`)."""
+        return flops_per_token(
+            self.num_params(non_embedding=True),
+            num_layers=self.num_layers,
+            d_model=self.d_model,
+            n_ctx=self.max_len if n_ctx is None else n_ctx,
+        )
+
+
+_EMBEDDING_NAMES = ("embed", "pos_embed", "unembed")
+
+
+def num_params(params, *, non_embedding: bool = False) -> int:
+    """Number of scalars in a Transformer params tree.
+
+    non_embedding=True drops the token, position and unembedding matrices, which is
+    the N of Kaplan et al. 2020 ("excluding all vocabulary and positional embeddings").
+    """
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        top = getattr(path[0], "key", None)
+        if non_embedding and top in _EMBEDDING_NAMES:
+            continue
+        total += int(np.prod(leaf.shape))
+    return total
+
+
+def flops_per_token(num_non_embedding_params: int, *, num_layers: int, d_model: int, n_ctx: int) -> int:
+    """Training FLOPs per token: C = 6N + 6 n_layer n_ctx d_model.
+
+    Kaplan et al. 2020, Table 1: forward pass 2N + 2 n_layer n_ctx d_attn
+    (d_attn = d_model here), and the backward pass costs twice the forward. N is
+    the non-embedding parameter count; the attention term is the QK^T and AV
+    products, which the 6N term does not include.
+    """
+    return 6 * num_non_embedding_params + 6 * num_layers * n_ctx * d_model
