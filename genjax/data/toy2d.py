@@ -73,13 +73,15 @@ class GaussianMixture:
 
     Fields (all arrays, so a mixture can be traced, vmapped or differentiated):
       means_KD:  component means.
-      covs_KDD:  component covariances (symmetric positive definite; positive
-                 semi-definite is allowed only for `diffused_*` with sigma > 0).
+      covs_KDD:  component covariances: positive definite for `sample`, `log_prob`
+                 and `score`; positive semi-definite (e.g. zero, for point masses)
+                 suffices for `diffused_*` with sigma > 0.
       weights_K: non-negative mixture weights; normalised on use, so they need not
                  sum to one.
 
-    Build with `GaussianMixture.create` or `GaussianMixture.isotropic`, which check
-    shapes; the raw constructor does not (it is also what pytree unflattening calls).
+    Build from concrete arrays with `GaussianMixture.create` or
+    `GaussianMixture.isotropic`, which check shapes, symmetry and semi-definiteness;
+    the raw constructor checks nothing (pytree unflattening calls it with tracers).
     """
 
     means_KD: jax.Array
@@ -90,7 +92,7 @@ class GaussianMixture:
 
     @classmethod
     def create(cls, means_KD, covs_KDD, weights_K=None) -> "GaussianMixture":
-        """Checked constructor; `weights_K=None` means equal weights."""
+        """Checked constructor from concrete arrays; `weights_K=None` means equal weights."""
         means = np.asarray(means_KD, dtype=np.float64)
         if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
             raise ValueError(f"means_KD must have shape (K, D) with K, D >= 1, got {means.shape}")
@@ -244,6 +246,9 @@ class GaussianMixture:
         U_k diag(alpha^2 lam_k + sigma^2) U_k^T, so every example's covariance is
         diagonal in a basis shared across time: one eigh per component, then
         O(N K D^2) work and O(N K D) memory, never N copies of (D, D) matrices.
+        Derivatives in x, alpha, sigma and the means are exact; derivatives in
+        covs_KDD pass through eigh and are undefined when Sigma_k has repeated
+        eigenvalues (isotropic components), so fit covariances with `diffused`.
         """
         x_ND = jnp.asarray(x_ND)
         if x_ND.ndim != 2 or x_ND.shape[1] != self.dim:
