@@ -16,6 +16,15 @@ from genjax.autoregressive import (
 )
 from genjax.nn.transformer import Transformer
 
+
+@pytest.fixture(autouse=True)
+def _full_precision_matmuls():
+    # Accelerators default to reduced-precision (TF32) float32 matmuls; the
+    # tolerances here are for true float32 (already the default on CPU).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 # Tests are deterministic (fixed keys); this threshold is the false-alarm rate a
 # correct sampler would have over random keys.
 P_VALUE_THRESHOLD = 1e-3
@@ -127,7 +136,7 @@ def exact_two_token_distribution(net, params, prompt_P, **processing):
     """p(x1, x2 | prompt) over all V^2 pairs, from full forward passes (no cache)."""
     Vs = net.vocab_size
     seqs_VT = jnp.concatenate([jnp.broadcast_to(prompt_P, (Vs, prompt_P.shape[0])), jnp.arange(Vs)[:, None]], 1)
-    logits_VTV = net.apply({"params": params}, seqs_VT)
+    logits_VTV = jax.jit(net.apply)({"params": params}, seqs_VT)
     p1_V = jax.nn.softmax(process_logits(logits_VTV[0, -2], **processing))
     p2_VV = jax.nn.softmax(process_logits(logits_VTV[:, -1], **processing), axis=-1)
     return np.asarray(p1_V[:, None] * p2_VV).ravel()
@@ -191,11 +200,11 @@ def test_loss_and_log_prob_equal_manual_cross_entropy():
     model = make_lm(**LM_KW)
     tokens_BT = jax.random.randint(jax.random.key(14), (3, 11), 0, 256)
     batch = {"tokens": tokens_BT}
-    params = model.init(jax.random.key(15), batch)
+    params = jax.jit(model.init)(jax.random.key(15), batch)
     params = jax.tree.map(lambda x: 4.0 * x, params)  # logits far from uniform
     loss, metrics = jax.jit(model.loss)(params, jax.random.key(16), batch)
 
-    logits = np.asarray(Transformer(**LM_KW).apply({"params": params}, tokens_BT[:, :-1]), np.float64)
+    logits = np.asarray(jax.jit(Transformer(**LM_KW).apply)({"params": params}, tokens_BT[:, :-1]), np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     tgt = np.asarray(tokens_BT[:, 1:])
     nll_BL = logz - np.take_along_axis(logits, tgt[..., None], -1)[..., 0]
@@ -203,12 +212,12 @@ def test_loss_and_log_prob_equal_manual_cross_entropy():
     assert abs(float(loss) - np.log(256)) > 0.5  # not trivially the uniform value
     np.testing.assert_allclose(metrics["bits_per_byte"], nll_BL.mean() / np.log(2), rtol=1e-5)
     np.testing.assert_allclose(metrics["perplexity"], np.exp(nll_BL.mean()), rtol=1e-4)
-    np.testing.assert_allclose(model.log_prob(params, None, batch), -nll_BL.sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(model.log_prob)(params, None, batch), -nll_BL.sum(-1), rtol=1e-5)
 
 
 def test_sample_keeps_the_prompt_and_stays_in_vocab():
     model = make_lm(**LM_KW)
-    params = model.init(jax.random.key(17), {"tokens": jnp.zeros((1, 5), jnp.int32)})
+    params = jax.jit(model.init)(jax.random.key(17), {"tokens": jnp.zeros((1, 5), jnp.int32)})
     out = model.sample(params, jax.random.key(18), 3, prompt=jnp.array([104, 105]), max_new_tokens=6,
                        temperature=0.9, top_k=50, top_p=0.95)
     assert out.shape == (3, 8) and out.dtype == jnp.int32
@@ -219,7 +228,7 @@ def test_sample_keeps_the_prompt_and_stays_in_vocab():
 
 def test_bad_inputs_raise_with_the_values_named():
     model = make_lm(**LM_KW)
-    params = model.init(jax.random.key(19), {"tokens": jnp.zeros((1, 5), jnp.int32)})
+    params = jax.jit(model.init)(jax.random.key(19), {"tokens": jnp.zeros((1, 5), jnp.int32)})
     with pytest.raises(ValueError, match=r"\[-1, 300\] outside \[0, 256\)"):
         model.sample(params, jax.random.key(0), 1, prompt=np.array([65, 300, -1]), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"context of 18 tokens \(prompt 10 \+ 8 new\).*max_len=16"):

@@ -12,6 +12,15 @@ from genjax.nn.transformer import (
     rotary,
 )
 
+
+@pytest.fixture(autouse=True)
+def _full_precision_matmuls():
+    # Accelerators default to reduced-precision (TF32) float32 matmuls; the
+    # tolerances here are for true float32 (already the default on CPU).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 V, L, D, H, MAXLEN = 17, 2, 32, 4, 24
 
 

@@ -110,7 +110,7 @@ def generate(
     """Autoregressive sampling with a KV cache: returns int32 (B, P + max_new_tokens).
 
     The prompt is fed in one prefill pass; each new token then costs one
-    `decode_step`. Every row shares the prompt length P >= 1. The caller keeps
+    `decode_step`. Every row shares the prompt length P >= 1; ValueError unless
     P + max_new_tokens <= net.max_len.
     """
     B, P = prompt_BP.shape
