@@ -141,7 +141,8 @@ def init_state(init_fn: Callable, optimizer: optax.GradientTransformation, key,
     opt_state = optimizer.init(params)
     if hyperparams:
         opt_state = set_hyperparams(opt_state, **hyperparams)
-    return TrainState(jnp.zeros((), jnp.int32), params, params, opt_state, run_key)
+    ema_params = jax.tree_util.tree_map(jnp.copy, params)  # a distinct buffer, so both can be donated
+    return TrainState(jnp.zeros((), jnp.int32), params, ema_params, opt_state, run_key)
 
 
 def init_ensemble(init_fn: Callable, optimizer, keys, example_batch, **hyperparams) -> TrainState:

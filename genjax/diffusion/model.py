@@ -14,6 +14,7 @@ def make_score_model(
     *,
     data_shape: tuple,
     likelihood_weighting: bool = False,
+    importance_sampling: bool = False,
     train_eps: float = 1e-5,
 ) -> Model:
     """Score model whose `net(x, t)` predicts the noise eps (see `losses`).
@@ -38,7 +39,8 @@ def make_score_model(
         check_shape("batch", x, (None,) + data_shape)
         eps_fn = lambda x_t, t: net.apply(params, x_t, t)
         per_example, _ = losses.dsm_loss(
-            key, sde, eps_fn, x, likelihood_weighting=likelihood_weighting, eps=train_eps
+            key, sde, eps_fn, x, likelihood_weighting=likelihood_weighting,
+            importance_sampling=importance_sampling, eps=train_eps
         )
         value = jnp.mean(per_example)
         return value, {"loss": value}

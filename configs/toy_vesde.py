@@ -1,0 +1,11 @@
+"""VE-SDE score model on the 2D checkerboard (Song et al. 2021)."""
+from configs import base_score_sde
+
+
+def get_config():
+    config = base_score_sde.get_config()
+    config.model.sde = "ve"
+    config.sample.predictor = "reverse_diffusion"
+    config.sample.corrector = "langevin"
+    config.lock()
+    return config

@@ -1,0 +1,224 @@
+"""Train, sample and evaluate a model from a config.
+
+    python -m experiments.main --config=configs/toy_vpsde.py --workdir=runs/x \
+        --mode=train|sample|eval|all [--config.optim.learning_rate=1e-3 ...]
+
+Training resumes from the newest checkpoint in the workdir. Everything a run
+writes (metrics.jsonl, TensorBoard events, checkpoints, plots, samples) goes there.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from experiments import configuration, plots, registry
+from experiments.checkpoint import Checkpointer
+from experiments.logging import MetricsLogger, read_metrics
+from genjax import metrics as metrics_lib
+from genjax import train as train_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_MODE = flags.DEFINE_enum("mode", "all", ["train", "sample", "eval", "all"], "What to run.")
+
+_HELD_OUT_STREAM = 7  # key stream for held-out evaluation data, disjoint from training
+
+
+class Experiment:
+    """What a config builds: the model, its data, optimizer and train function."""
+
+    def __init__(self, config):
+        self.config = config
+        self.density = registry.build_density(config)
+        self.model = registry.FAMILIES[config.family](config)
+        opt = config.optim
+        self.tx, self.lr_fn = train_lib.make_optimizer(
+            learning_rate=opt.learning_rate, total_steps=config.train.num_steps,
+            warmup_steps=opt.warmup_steps, schedule=opt.schedule,
+            grad_clip=opt.grad_clip, weight_decay=opt.weight_decay)
+        self.batch_fn = registry.toy_batch_fn(self.density, config.data.batch_size)
+        self.key = jax.random.PRNGKey(config.seed)
+
+    def init_state(self):
+        example = self.density.sample(jax.random.PRNGKey(0), self.config.data.batch_size)
+        return train_lib.init_state(self.model.init, self.tx, self.key, example)
+
+    def train_fn(self, mesh):
+        return train_lib.make_train_fn(
+            self.model.loss, self.tx, ema_decay=self.config.optim.ema_decay,
+            steps_per_call=self.config.train.steps_per_call, batch_fn=self.batch_fn,
+            mesh=mesh, learning_rate_fn=self.lr_fn)
+
+    def held_out(self, num):
+        return self.density.sample(jax.random.fold_in(self.key, _HELD_OUT_STREAM), num)
+
+
+def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
+    """Trains (resuming from the newest checkpoint) and returns the final state.
+
+    stop_after: stop once this many steps are done (to simulate an interruption);
+    the state is checkpointed there.
+    """
+    exp = Experiment(config)
+    tc = config.train
+    if tc.checkpoint_every % tc.steps_per_call or tc.num_steps % tc.steps_per_call:
+        raise ValueError(
+            f"train.num_steps ({tc.num_steps}) and train.checkpoint_every ({tc.checkpoint_every}) "
+            f"must be multiples of train.steps_per_call ({tc.steps_per_call})")
+    ckpt = Checkpointer(workdir, keep=tc.keep_checkpoints)
+    state = exp.init_state()
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state = restored
+    mesh = train_lib.default_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put(state, replicated)
+    train_fn = jax.jit(exp.train_fn(mesh), donate_argnums=0)
+    logger = MetricsLogger(workdir)
+    start = int(state.step)
+    end = tc.num_steps if stop_after is None else min(stop_after, tc.num_steps)
+    bar = tqdm(total=tc.num_steps, initial=start, disable=not progress, desc="train", file=sys.stdout)
+    try:
+        step = start
+        while step < end:
+            t0 = time.perf_counter()
+            state, metrics = train_fn(state)
+            metrics = jax.device_get(metrics)
+            bad = train_lib.first_nonfinite(metrics["loss"], step)
+            if bad is not None:
+                raise FloatingPointError(
+                    f"loss is {metrics['loss'][bad - step]} at step {bad}; stopping. "
+                    f"The last checkpoint (step {ckpt.latest_step()}) is intact; "
+                    f"lower optim.learning_rate or check the data.")
+            step += tc.steps_per_call
+            rate = tc.steps_per_call / (time.perf_counter() - t0)
+            last = {k: v[-1] for k, v in metrics.items()}
+            logger.write(step, {**last, "steps_per_sec": rate})
+            bar.update(tc.steps_per_call)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
+            if step % tc.checkpoint_every == 0 or step == end:
+                ckpt.save(step, state)
+    finally:
+        bar.close()
+        logger.close()
+        ckpt.close()
+    records = [r for r in read_metrics(logger.path) if "loss" in r]
+    plots.loss_curve(os.path.join(workdir, "loss.png"), [r["step"] for r in records],
+                     [r["loss"] for r in records])
+    return state
+
+
+def _restore(config, workdir):
+    exp = Experiment(config)
+    ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    state = ckpt.restore(exp.init_state())
+    ckpt.close()
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir!r}; run --mode=train first")
+    return exp, state
+
+
+def _sampler_kwargs(config):
+    s = config.sample
+    if s.method == "ode":
+        return dict(method="ode", eps=s.eps)
+    return dict(method="pc", num_steps=s.num_steps, predictor=s.predictor,
+                corrector=s.corrector or None, snr=s.snr, eps=s.eps)
+
+
+def sample(config, workdir: str):
+    """Draws config.sample.num samples with the EMA parameters; saves npz and a plot."""
+    exp, state = _restore(config, workdir)
+    kwargs = _sampler_kwargs(config)
+    fn = jax.jit(lambda p, k: exp.model.sample(p, k, config.sample.num, **kwargs))
+    out = fn(state.ema_params, jax.random.fold_in(exp.key, 11))
+    samples = np.asarray(out[0] if isinstance(out, tuple) else out)
+    np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
+    data = np.asarray(exp.held_out(config.sample.num))
+    plots.scatter_samples(os.path.join(workdir, "samples.png"), samples, data,
+                          title=f"{config.model.sde}-SDE, {config.sample.method} sampler")
+    return samples
+
+
+def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True):
+    """NLL on held-out samples (probability-flow ODE), sliced Wasserstein distance of
+    the samples against exact data, and a learned-density heatmap."""
+    exp, state = _restore(config, workdir)
+    ec = config.eval
+    x = exp.held_out(ec.num)
+    ll_kwargs = dict(exact_divergence=ec.exact_divergence, rtol=ec.rtol, atol=ec.atol, eps=ec.eps)
+    log_prob = jax.jit(lambda p, k, x: exp.model.log_prob(p, k, x, **ll_kwargs))
+    t0 = time.perf_counter()
+    logp = np.asarray(log_prob(state.ema_params, jax.random.PRNGKey(1), x))
+    result = {
+        "nll_nats": float(-logp.mean()),
+        "nll_stderr": float(logp.std() / math.sqrt(len(logp))),
+        "eval_seconds": time.perf_counter() - t0,
+        "num_eval": int(ec.num),
+        "step": int(state.step),
+    }
+    if exp.density.entropy is not None:
+        result["data_entropy_nats"] = float(exp.density.entropy)
+    if samples is None and os.path.exists(os.path.join(workdir, "samples.npz")):
+        samples = np.load(os.path.join(workdir, "samples.npz"))["samples"]
+    if samples is not None:
+        ref = exp.held_out(len(samples))
+        result["sliced_wasserstein"] = float(
+            metrics_lib.sliced_wasserstein(jax.random.PRNGKey(2), jnp.asarray(samples), ref))
+    if heatmap:
+        lim = 4.5
+        grid = np.linspace(-lim, lim, ec.grid_size, dtype=np.float32)
+        xx, yy = np.meshgrid(grid, grid)
+        points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1))
+        logp_grid = np.concatenate([
+            np.asarray(log_prob(state.ema_params, jax.random.PRNGKey(3), chunk))
+            for chunk in jnp.array_split(points, max(1, len(points) // 4000))])
+        plots.density_heatmap(os.path.join(workdir, "density.png"),
+                              logp_grid.reshape(ec.grid_size, ec.grid_size), lim,
+                              title=f"learned density, NLL {result['nll_nats']:.3f} nats")
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    logger = MetricsLogger(workdir)
+    logger.write(int(state.step), result, prefix="eval/")
+    logger.close()
+    return result
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    if _MODE.value in ("train", "all"):
+        t0 = time.perf_counter()
+        train(config, workdir)
+        print(f"trained in {time.perf_counter() - t0:.1f} s")
+    samples = None
+    if _MODE.value in ("sample", "all"):
+        samples = sample(config, workdir)
+    if _MODE.value in ("eval", "all"):
+        result = evaluate(config, workdir, samples=samples)
+        print(json.dumps(result, indent=2))
+
+
+def run():
+    try:
+        configuration.check_argv(sys.argv[1:])
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,44 @@
+"""Matplotlib figures written by the experiments (headless)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def scatter_samples(path, samples, data, lim=4.5, title=""):
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    for ax, points, name in ((axes[0], data, "data"), (axes[1], samples, "samples")):
+        points = np.asarray(points)
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
+        ax.set_title(name)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def density_heatmap(path, log_density_GG, lim, title=""):
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(np.exp(np.asarray(log_density_GG)), origin="lower",
+                   extent=(-lim, lim, -lim, lim), cmap="viridis")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def loss_curve(path, steps, losses, title="training loss"):
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(np.asarray(steps), np.asarray(losses), lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
