@@ -1,0 +1,281 @@
+"""Tests for genjax.flows.matching against a Gaussian target with a closed-form flow.
+
+For data x1 ~ N(mu, S) (S = Q diag(lam) Q^T), noise x0 ~ N(0, I) and the
+conditional-OT path x_t = t x1 + (1 - t) x0, the pair (x_t, u = x1 - x0) is
+jointly Gaussian, so the marginal velocity is the linear regression
+
+    v(x, t) = E[u | x_t = x] = mu + C_t V_t^{-1} (x - t mu),
+    C_t = Cov(u, x_t) = t S - (1 - t) I,   V_t = Cov(x_t) = t^2 S + (1 - t)^2 I.
+
+In the eigenbasis the ODE is dy/dt = y d/dt log sqrt(t^2 lam + (1 - t)^2) for
+y = x - t mu, so the flow map is exactly x1 = mu + S^{1/2} x0 (symmetric root).
+The conditional variance is Var(u | x_t) = lam / (t^2 lam + (1 - t)^2) per
+eigen-direction, whose integral over t in [0, 1] is pi sqrt(lam) / 2: the
+irreducible loss is (pi / 2) tr(S^{1/2}).
+"""
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from genjax import train
+from genjax.flows import matching
+from genjax.nn.mlp import TimeMLP
+
+MU = jnp.array([1.0, -0.5])
+# A correlated covariance, so the Jacobian of v is not diagonal (Hutchinson with
+# Rademacher probes is exact for diagonal Jacobians and would test nothing).
+S = jnp.array([[1.5, 0.6], [0.6, 0.5]])
+LAM, Q = jnp.linalg.eigh(S)
+S_HALF = Q @ jnp.diag(jnp.sqrt(LAM)) @ Q.T
+
+
+def exact_velocity(x, t):
+    t = t[:, None]
+    c = (t * LAM - (1 - t)) / (t**2 * LAM + (1 - t) ** 2)  # (N, D) eigen-coefficients
+    y = (x - t * MU) @ Q
+    return MU + (c * y) @ Q.T
+
+
+def target_log_prob(x):
+    diff = x - MU
+    quad = jnp.sum(diff * jnp.linalg.solve(S, diff.T).T, axis=1)
+    return -0.5 * quad - 0.5 * jnp.linalg.slogdet(S)[1] - math.log(2 * math.pi)
+
+
+def test_exact_velocity_is_the_conditional_expectation():
+    # Sanity check of the closed form itself: at t = 0, x_t = x0, so v = mu - x.
+    x = jnp.array([[0.3, -1.2], [2.0, 0.1]])
+    np.testing.assert_allclose(exact_velocity(x, jnp.zeros(2)), MU - x, atol=1e-6)
+
+
+SCHEDULERS = [
+    matching.CondOTScheduler(),
+    matching.CondOTScheduler(sigma_min=0.1),
+    matching.CosineScheduler(),
+    matching.VPScheduler(),
+]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS, ids=lambda s: repr(s))
+def test_scheduler_derivatives_and_path_velocity(scheduler):
+    t = jnp.linspace(0.02, 0.98, 7)
+    for fn, dfn in ((scheduler.alpha, scheduler.d_alpha), (scheduler.sigma, scheduler.d_sigma)):
+        np.testing.assert_allclose(dfn(t), jax.vmap(jax.grad(fn))(t), rtol=1e-4, atol=1e-5)
+    # The target velocity is the time derivative of the conditional path.
+    path = matching.AffinePath(scheduler)
+    k0, k1 = jax.random.split(jax.random.PRNGKey(0))
+    x0 = jax.random.normal(k0, (7, 3))
+    x1 = jax.random.normal(k1, (7, 3))
+    _, dxdt = jax.jvp(lambda s: path.sample_xt(x0, x1, s), (t,), (jnp.ones_like(t),))
+    np.testing.assert_allclose(path.target_velocity(x0, x1, t), dxdt, rtol=1e-4, atol=1e-5)
+
+
+def test_path_endpoints():
+    x0, x1 = jnp.ones((2, 3)), 2.0 * jnp.ones((2, 3))
+    for path in (matching.cond_ot_path(), matching.vp_path()):
+        np.testing.assert_allclose(path.sample_xt(x0, x1, jnp.zeros(2)), x0, atol=1e-6)
+        np.testing.assert_allclose(path.sample_xt(x0, x1, jnp.ones(2)), x1, atol=1e-6)
+    vp = matching.VPScheduler()
+    t = jnp.linspace(0.0, 1.0, 5)
+    np.testing.assert_allclose(vp.alpha(t) ** 2 + vp.sigma(t) ** 2, 1.0, atol=1e-6)
+
+
+def test_ode_sample_transports_noise_to_the_gaussian():
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (4000, 2))
+    x1, nfe = jax.jit(lambda x: matching.ode_sample(None, exact_velocity, x.shape, x_init=x))(x0)
+    # The exact flow map is affine: x1 = mu + S^{1/2} x0 (module docstring);
+    # 1e-4 is the adaptive solver's tolerance scale (rtol = atol = 1e-5) with margin.
+    np.testing.assert_allclose(x1, MU + x0 @ S_HALF, atol=1e-4)
+    assert 0 < nfe < 1000
+    # Distribution check at CLT tolerance: 4 standard errors per entry.
+    n = x1.shape[0]
+    mean_se = np.sqrt(np.diag(S) / n)
+    np.testing.assert_array_less(np.abs(np.mean(x1, 0) - MU), 4 * mean_se)
+    cov_se = np.sqrt((np.outer(np.diag(S), np.diag(S)) + np.asarray(S) ** 2) / n)
+    np.testing.assert_array_less(np.abs(np.cov(x1.T) - S), 4 * cov_se)
+
+
+def test_exact_log_likelihood_matches_analytic_density():
+    x = MU + jax.random.normal(jax.random.PRNGKey(2), (16, 2)) @ S_HALF * 1.5
+    logp, _ = jax.jit(lambda x: matching.log_likelihood(None, exact_velocity, x))(x)
+    np.testing.assert_allclose(logp, target_log_prob(x), atol=1e-3)
+
+
+def test_hutchinson_log_likelihood_is_unbiased():
+    x = jnp.array([[0.5, 0.2]])
+    reps = 512  # one point, 512 independent probe draws (one per row)
+    est, _ = jax.jit(
+        lambda k: matching.log_likelihood(k, exact_velocity, jnp.repeat(x, reps, 0), exact_divergence=False)
+    )(jax.random.PRNGKey(3))
+    se = np.std(est) / np.sqrt(reps)
+    assert se > 1e-3  # the estimator is actually random here
+    assert abs(np.mean(est) - float(target_log_prob(x)[0])) < 3 * se
+
+
+def test_fixed_step_orders_of_convergence():
+    x0 = jax.random.normal(jax.random.PRNGKey(4), (64, 2))
+    ref, _ = matching.ode_sample(None, exact_velocity, x0.shape, x_init=x0, rtol=1e-7, atol=1e-7)
+
+    @jax.jit
+    def errors(x0):
+        out = {}
+        for method in ("euler", "heun"):
+            for n in (16, 32):
+                x, _ = matching.ode_sample(None, exact_velocity, x0.shape, method=method, num_steps=n, x_init=x0)
+                out[method, n] = jnp.max(jnp.abs(x - ref))
+        return out
+
+    err = errors(x0)
+    # Halving the step divides a p-th order method's global error by ~2^p.
+    assert 0.8 < math.log2(err["euler", 16] / err["euler", 32]) < 1.3
+    assert 1.7 < math.log2(err["heun", 16] / err["heun", 32]) < 2.3
+    assert err["heun", 32] < err["euler", 32]
+
+
+def test_loss_at_exact_velocity_is_the_irreducible_variance():
+    n = 20000
+    x1 = MU + jax.random.normal(jax.random.PRNGKey(5), (n, 2)) @ S_HALF
+    path = matching.cond_ot_path()
+    key = jax.random.PRNGKey(6)
+
+    @jax.jit
+    def losses(x1):
+        exact = matching.flow_matching_loss(key, path, exact_velocity, x1)
+        shifted = matching.flow_matching_loss(key, path, lambda x, t: exact_velocity(x, t) + 0.3, x1)
+        return exact, shifted
+
+    exact, shifted = losses(x1)
+    irreducible = 0.5 * math.pi * float(jnp.sum(jnp.sqrt(LAM)))
+    assert abs(np.mean(exact) - irreducible) < 4 * np.std(exact) / np.sqrt(n)
+    # A constant shift c adds exactly ||c||^2 = 2 * 0.09 to the population loss.
+    assert np.mean(shifted) > np.mean(exact) + 0.1
+
+
+def test_ot_permutation_is_the_optimal_assignment():
+    k0, k1 = jax.random.split(jax.random.PRNGKey(7))
+    x0 = jax.random.normal(k0, (6, 3))
+    x1 = jax.random.normal(k1, (6, 3)) + 1.0
+
+    a, b = np.asarray(x0, np.float64), np.asarray(x1, np.float64)
+
+    def cost(perm):
+        return float(np.sum((a[list(perm)] - b) ** 2))
+
+    perm = np.asarray(jax.jit(matching.ot_permutation)(x0, x1))
+    assert sorted(perm.tolist()) == list(range(6))
+    brute = min(cost(p) for p in itertools.permutations(range(6)))
+    assert cost(perm) == pytest.approx(brute, rel=1e-5)
+    assert cost(perm) < cost(range(6))
+    # Under vmap (ensembles) the callback runs once per member.
+    perms = jax.vmap(matching.ot_permutation)(jnp.stack([x0, x1]), jnp.stack([x1, x0]))
+    np.testing.assert_array_equal(perms[0], perm)
+
+
+def test_ot_coupling_lowers_the_loss_target_variance():
+    # With OT pairs the target u = x1 - x0 has a smaller spread than with
+    # independent pairs: sum_j ||x0_perm(j) - x1_j||^2 <= the identity pairing's.
+    x1 = jax.random.normal(jax.random.PRNGKey(8), (64, 2)) * 0.5 + 3.0
+    x0 = jax.random.normal(jax.random.PRNGKey(9), (64, 2))
+    paired, _ = jax.jit(matching.minibatch_ot_coupling)(None, x0, x1)
+    assert jnp.sum((paired - x1) ** 2) < jnp.sum((x0 - x1) ** 2)
+    np.testing.assert_allclose(jnp.sort(paired[:, 0]), jnp.sort(x0[:, 0]))
+
+
+def test_straightness():
+    a, b = jnp.array([[1.0, -2.0]]), jnp.array([[3.0, 0.5]])
+    constant = lambda x, t: jnp.broadcast_to(b - a, x.shape)  # exact CondOT flow between point masses
+    s, _ = matching.straightness(None, constant, a, num_steps=10)
+    assert abs(float(s)) < 1e-5 * float(jnp.sum((b - a) ** 2))
+    # A rotation by one radian: S = r^2 (1 - |e^i - 1|^2) = r^2 (2 cos 1 - 1).
+    rot = jnp.array([[0.0, -1.0], [1.0, 0.0]])
+    x_init = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+    s, _ = matching.straightness(None, lambda x, t: x @ rot.T, x_init, num_steps=None, method="adaptive")
+    assert float(s) == pytest.approx(2.5 * (2 * math.cos(1.0) - 1), rel=1e-4)
+
+
+def test_reflow_of_the_exact_flow_is_straight():
+    # One reflow round on the exact (curved) Gaussian flow: the pairs are
+    # x1 = mu + A x0 with A = S^{1/2}, whose straight-line marginal velocity is
+    # v(x, t) = mu + (A - I)((1 - t) I + t A)^{-1} (x - t mu): straightness 0
+    # and zero paired loss, while the original flow is curved.
+    x0, x1 = jax.jit(lambda k: matching.reflow_pairs(k, exact_velocity, 256, (2,)))(jax.random.PRNGKey(10))
+    np.testing.assert_allclose(x1, MU + x0 @ S_HALF, atol=1e-4)
+
+    def reflowed(x, t):
+        m = (1 - t)[:, None, None] * jnp.eye(2) + t[:, None, None] * S_HALF
+        y = jnp.linalg.solve(m, (x - t[:, None] * MU)[..., None])[..., 0]
+        return MU + y @ (S_HALF - jnp.eye(2)).T
+
+    @jax.jit
+    def check(x0, x1):
+        curved, _ = matching.straightness(None, exact_velocity, x0, num_steps=200)
+        straight, _ = matching.straightness(None, reflowed, x0, num_steps=200)
+        loss = matching.paired_flow_matching_loss(jax.random.PRNGKey(11), matching.cond_ot_path(), reflowed, x0, x1)
+        return curved, straight, loss
+
+    curved, straight, loss = check(x0, x1)
+    assert curved > 0.05
+    assert abs(float(straight)) < 1e-4
+    assert float(jnp.max(loss)) < 1e-6
+
+
+def test_model_trains_with_the_trainer_and_checks_shapes():
+    model = matching.make_flow_matching_model(TimeMLP(hidden=(32, 32)), data_shape=(2,))
+    steps = 150
+    optimizer, _ = train.make_optimizer(learning_rate=3e-3, total_steps=steps)
+
+    def batch_fn(key, step):
+        return MU + jax.random.normal(jax.random.fold_in(key, step), (128, 2)) @ S_HALF
+
+    init = jax.jit(lambda key, x: train.init_state(model.init, optimizer, key, x))
+    state = init(jax.random.PRNGKey(12), batch_fn(jax.random.PRNGKey(0), 0))
+    eval_x = batch_fn(jax.random.PRNGKey(13), 0)
+    eval_key = jax.random.PRNGKey(14)
+    eval_loss = jax.jit(lambda params: model.loss(params, eval_key, eval_x)[0])
+    before = eval_loss(state.params)
+    train_fn = jax.jit(train.make_train_fn(model.loss, optimizer, steps_per_call=steps, batch_fn=batch_fn))
+    state, metrics = train_fn(state)
+    after = eval_loss(state.params)
+    assert np.all(np.isfinite(metrics["loss"]))
+    # The zero-initialised net starts at E||u||^2 = tr(S) + |mu|^2 + D; training
+    # must close at least half of the gap to the optimum (pi/2) tr(S^{1/2}).
+    irreducible = 0.5 * math.pi * float(jnp.sum(jnp.sqrt(LAM)))
+    assert after < before - 0.5 * (before - irreducible)
+
+    # The OT-coupled model: its loss runs under jit (host callback) and, at the
+    # trained velocity, is lower than with independent pairs, whose conditional
+    # targets cross more (Tong et al. 2023, sec. 3.2).
+    ot_model = matching.make_flow_matching_model(TimeMLP(hidden=(32, 32)), data_shape=(2,), ot_coupling=True)
+    samples, logp, ot_loss = jax.jit(lambda params: (
+        model.sample(params, jax.random.PRNGKey(15), 8, method="heun", num_steps=8),
+        model.log_prob(params, jax.random.PRNGKey(16), eval_x[:4], method="rk4", num_steps=8),
+        ot_model.loss(params, eval_key, eval_x)[0],
+    ))(state.params)
+    assert samples.shape == (8, 2)
+    assert np.isfinite(ot_loss) and ot_loss != after
+    assert logp.shape == (4,) and np.all(np.isfinite(logp))
+
+    bad = jnp.zeros((4, 3))
+    for call in (lambda: model.init(jax.random.PRNGKey(0), bad),
+                 lambda: model.loss(state.params, eval_key, bad),
+                 lambda: model.log_prob(state.params, eval_key, bad)):
+        with pytest.raises(ValueError, match=r"\(2,\).*\(4, 3\)"):
+            call()
+
+
+def test_paired_model_trains_on_fixed_pairs():
+    x0 = jax.random.normal(jax.random.PRNGKey(17), (64, 2))
+    pairs = (x0, MU + x0 @ S_HALF)
+    model = matching.make_flow_matching_model(TimeMLP(hidden=(16,)), data_shape=(2,), paired=True)
+    params = jax.jit(model.init)(jax.random.PRNGKey(18), pairs)
+    (value, metrics), grads = jax.jit(jax.value_and_grad(model.loss, has_aux=True))(
+        params, jax.random.PRNGKey(19), pairs)
+    assert value.shape == () and "fm_loss" in metrics
+    assert optax.tree.norm(grads) > 0
+    with pytest.raises(ValueError, match="noise x0"):
+        model.loss(params, jax.random.PRNGKey(19), (x0[:, :1], pairs[1]))
