@@ -204,7 +204,7 @@ def make_train_fn(
             lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
         metrics = dict(metrics)
         metrics["loss"] = loss
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.opt_state)
         return TrainState(state.step + 1, params, ema, opt_state, state.run_key), metrics

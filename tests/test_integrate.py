@@ -1,0 +1,114 @@
+"""The shared ODE path: solver orders, the batch max norm, NFE counts, divergences
+and the change-of-variables likelihood, against closed forms."""
+import math
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genjax import integrate
+
+RATE = jnp.array([-1.0, 0.5])  # dy/dt = RATE * y, y(t) = y0 exp(RATE t)
+
+
+def _linear(y, t):
+    return RATE * y
+
+
+@pytest.mark.parametrize("method,order", [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)])
+def test_fixed_step_methods_converge_at_their_order(method, order):
+    errors = []
+    with jax.enable_x64(True):  # float32 round-off would hide rk4's truncation error
+        rate = jnp.asarray(RATE, jnp.float64)
+        y0 = jnp.ones((3, 2), jnp.float64)
+        exact = y0 * jnp.exp(rate)
+        for n in (8, 16, 32):
+            y1, nfe = integrate.solve_ode(lambda y, t: rate * y, y0, 0.0, 1.0, method=method, num_steps=n)
+            errors.append(float(jnp.max(jnp.abs(y1 - exact))))
+            assert nfe == n * {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[method]
+    observed = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    # Error ~ C h^order: halving h divides it by 2^order (within 0.3 in the exponent).
+    assert all(abs(o - order) < 0.3 for o in observed), observed
+
+
+def test_adaptive_backwards_in_time_and_counts_evaluations():
+    y1 = jnp.ones((4, 2))
+    calls = []
+
+    def counted(y, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return _linear(y, t)
+
+    y0, nfe = integrate.solve_ode(counted, y1, 1.0, 0.0, rtol=1e-7, atol=1e-7)
+    jax.effects_barrier()
+    np.testing.assert_allclose(y0, y1 * jnp.exp(-RATE), rtol=1e-5)
+    assert int(nfe) == len(calls)
+
+
+def test_step_size_is_set_by_the_worst_example():
+    """999 slow rotations and one fast one. An RMS over the whole batch would dilute
+    the fast example's error by sqrt(1000) ~ 32; the max norm keeps it near tolerance."""
+    omega = jnp.concatenate([jnp.full((999,), 0.1), jnp.array([20.0])])
+
+    def rotate(y, t):
+        return omega[:, None] * jnp.stack([-y[:, 1], y[:, 0]], axis=1)
+
+    y0 = jnp.tile(jnp.array([[1.0, 0.0]]), (1000, 1))
+    y1, _ = integrate.solve_ode(rotate, y0, 0.0, 1.0, rtol=1e-4, atol=1e-4)
+    exact = jnp.stack([jnp.cos(omega), jnp.sin(omega)], axis=1)
+    err_fast = float(jnp.linalg.norm(y1[-1] - exact[-1]))
+    # 20 radians of rotation accumulate local errors of ~1e-4 into ~1e-3.
+    assert err_fast < 3e-3, err_fast
+    # The same solver with diffrax's default RMS norm over the batch is far worse.
+    term = diffrax.ODETerm(lambda t, y, args: rotate(y, t))
+    rms = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1.0, 0.01, y0,
+                              stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-4))
+    assert float(jnp.linalg.norm(rms.ys[-1][-1] - exact[-1])) > 10 * err_fast
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match="adaptive.*euler"):
+        integrate.solve_ode(_linear, jnp.ones((1, 2)), 0.0, 1.0, method="rk45")
+    with pytest.raises(ValueError, match="num_steps"):
+        integrate.solve_ode(_linear, jnp.ones((1, 2)), 0.0, 1.0, method="euler")
+
+
+def _random_field(key, dim):
+    w1 = jax.random.normal(key, (dim, 16)) / math.sqrt(dim)
+    w2 = jax.random.normal(jax.random.fold_in(key, 1), (16, dim)) / 4.0
+    return lambda x: jnp.tanh(x @ w1) @ w2 + 0.3 * x
+
+
+def test_exact_divergence_equals_jacobian_trace():
+    fn = _random_field(jax.random.PRNGKey(0), 5)
+    x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
+    fx, div = integrate.value_and_divergence(fn, x)
+    traces = jnp.stack([jnp.trace(jax.jacfwd(lambda v: fn(v[None])[0])(xi)) for xi in x])
+    np.testing.assert_allclose(fx, fn(x), rtol=1e-6)
+    np.testing.assert_allclose(div, traces, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(kind):
+    fn = _random_field(jax.random.PRNGKey(0), 5)
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+    probes = integrate.hutchinson_probes(jax.random.PRNGKey(2), x, num_probes=20_000, kind=kind)
+    _, est = integrate.value_and_divergence(fn, x, probes)
+    _, exact = integrate.value_and_divergence(fn, x)
+    single = jax.vmap(lambda v: integrate.value_and_divergence(fn, x, v[None])[1])(probes[:2000])
+    stderr = jnp.std(single, axis=0) / math.sqrt(20_000)
+    assert bool(jnp.all(jnp.abs(est - exact) < 4 * stderr + 1e-6)), (est, exact, stderr)
+
+
+def test_change_of_variables_for_a_linear_field():
+    """dx/dt = A x from t0=0 to t1=1: z = expm(A) x and log p(x) = log N(z) + tr(A)."""
+    a = jnp.array([[-0.5, 0.3], [0.1, 0.2]])
+    x = jax.random.normal(jax.random.PRNGKey(0), (50, 2))
+    base = lambda z: jnp.sum(jax.scipy.stats.norm.logpdf(z), axis=1)
+    logp, z, nfe = integrate.ode_log_likelihood(None, lambda y, t: y @ a.T, x, 0.0, 1.0, base,
+                                                rtol=1e-7, atol=1e-7)
+    z_exact = x @ jax.scipy.linalg.expm(a).T
+    np.testing.assert_allclose(z, z_exact, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logp, base(z_exact) + jnp.trace(a), rtol=1e-5, atol=1e-5)
