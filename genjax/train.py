@@ -226,3 +226,41 @@ def first_nonfinite(losses, start_step: int) -> int | None:
     """The step number of the first non-finite loss in a host array, or None."""
     bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
     return None if bad.size == 0 else start_step + int(bad[0])
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+ENSEMBLE_STRATEGIES = ("vmap", "map", "loop")
+
+
+def make_ensemble_fn(train_fn: Callable, strategy: str = "vmap") -> Callable:
+    """Runs `train_fn` on every member of a stacked state (leading axis K).
+
+    vmap: one program, members batched (best on accelerators).
+    map:  one program, members in sequence (`lax.map`).
+    loop: one compiled single-member program called K times from Python.
+    All three give the same result; which is fastest depends on the backend
+    (see benchmarks/ensemble.py and `default_ensemble_strategy`).
+    """
+    if strategy == "vmap":
+        return jax.jit(jax.vmap(train_fn))
+    if strategy == "map":
+        return jax.jit(lambda states: jax.lax.map(train_fn, states))
+    if strategy == "loop":
+        one = jax.jit(train_fn)
+
+        def run(states):
+            num = jax.tree_util.tree_leaves(states)[0].shape[0]
+            outs = [one(jax.tree_util.tree_map(lambda leaf: leaf[k], states)) for k in range(num)]
+            return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+        return run
+    raise ValueError(f"unknown ensemble strategy {strategy!r}; expected one of {ENSEMBLE_STRATEGIES}")
+
+
+def default_ensemble_strategy(backend: str | None = None) -> str:
+    """vmap on accelerators. On CPU, XLA's batched matmuls for small MLPs lose to
+    running members one after another (measured by benchmarks/ensemble.py; the
+    numbers are in docs/RESULTS.md), so members run in a `lax.map`."""
+    backend = backend or jax.default_backend()
+    return "map" if backend == "cpu" else "vmap"

@@ -58,7 +58,9 @@ def test_ensemble_members_equal_runs_trained_alone():
 
 
 def test_sharded_over_eight_devices_equals_one_device():
-    assert jax.device_count() == 8, "tests/conftest.py forces 8 host devices"
+    if jax.default_backend() != "cpu" and jax.device_count() < 8:
+        pytest.skip("needs 8 devices; on CPU tests/conftest.py forces 8 host devices")
+    assert jax.device_count() >= 8, "tests/conftest.py forces 8 host devices"
     model = _model()
     tx, _ = _tx()
     example = DENSITY.sample(jax.random.PRNGKey(0), BATCH)
