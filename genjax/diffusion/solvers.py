@@ -21,8 +21,8 @@ Time grids (`discretization`, shared by all samplers; `time_grid`):
                  (Karras et al. 2022, eq. 5, rho = 7)
     "quadratic"  t_i = eps + (T - eps) (1 - i/n)^2 (Song et al. 2020, DDIM App. D.2)
     "uniform"    t_i uniform in [eps, T]
-lambda and sigma_edm are mapped back to t by bisection on `marginal_coeffs`, which is
-exact to float precision for any SDE whose log-SNR decreases in t.
+lambda and sigma_edm are mapped back to t numerically through `marginal_coeffs`
+(`t_from_log_snr`), exact to float precision for any SDE whose log-SNR decreases in t.
 
 Cost: one score evaluation is one NFE; `nfe(name, num_steps)` gives each sampler's
 count: DDIM and DPM-Solver++ use num_steps, EDM's Heun 2 num_steps - 1.
@@ -34,7 +34,6 @@ sigma = 0: every solver's update there reduces to the denoised x0 = alpha(0) D(x
 (Karras et al. 2022, Alg. 1's final Euler step; k-diffusion's and DPM-Solver's first-
 order step to sigma = 0). The NFE is the same in both modes.
 """
-import math
 from typing import Callable
 
 import jax
@@ -51,7 +50,9 @@ from genjax.diffusion.sde import SDE, broadcast_to_batch
 
 DISCRETIZATIONS = ("logsnr", "edm", "quadratic", "uniform")
 DPM_SOLVER_ORDERS = (1, 2, 3)
-_BISECTION_ITERS = 64  # halves [eps, T] well past float64 resolution
+THIRD_ORDER_FORMS = ("exact", "reference")
+_TABLE_SIZE = 1025  # first guess for inverting lambda(t); Newton does the rest
+_NEWTON_STEPS = 3
 
 
 # ---- time grids ---------------------------------------------------------------------
@@ -64,24 +65,22 @@ def log_snr(sde: SDE, t):
 
 
 def t_from_log_snr(sde: SDE, lam, t_min: float, t_max: float):
-    """The t in [t_min, t_max] with lambda(t) = lam, by bisection (elementwise).
+    """The t in [t_min, t_max] with lambda(t) = lam (elementwise), for any SDE.
 
-    lambda is decreasing in t for every diffusion (the SNR falls as noise is added),
-    so bisection converges for any SDE; lam outside [lambda(t_max), lambda(t_min)]
-    is clipped to the interval's end.
+    lambda is decreasing in t for every diffusion (the SNR falls as noise is added).
+    A first guess interpolates a table of lambda on t_min + (t_max - t_min) u^2
+    (dense near the data, where lambda moves fastest); Newton's method on lambda(t)
+    then refines it to float precision. No loops, so it compiles fast inside a
+    sampler. lam outside [lambda(t_max), lambda(t_min)] is clipped to the ends.
     """
-    lam = jnp.asarray(lam)
-    lo = jnp.full(lam.shape, t_min, lam.dtype)
-    hi = jnp.full(lam.shape, t_max, lam.dtype)
-
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        root_above_mid = log_snr(sde, mid) > lam
-        return jnp.where(root_above_mid, mid, lo), jnp.where(root_above_mid, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_ITERS, halve, (lo, hi))
-    return 0.5 * (lo + hi)
+    lam = jnp.asarray(lam, jnp.float32)
+    u = jnp.linspace(0.0, 1.0, _TABLE_SIZE)
+    t_table = t_min + (t_max - t_min) * u * u
+    t = jnp.interp(-lam, -log_snr(sde, t_table), t_table)
+    for _ in range(_NEWTON_STEPS):
+        value, slope = jax.jvp(lambda s: log_snr(sde, s), (t,), (jnp.ones_like(t),))
+        t = jnp.clip(t - (value - lam) / slope, t_min, t_max)
+    return t
 
 
 def _check_choice(kind: str, value, valid):
@@ -121,12 +120,17 @@ def time_grid(sde: SDE, num_steps: int, eps: float = 1e-3, discretization: str =
 
 
 def _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero):
-    """Grid of the steps taken before the optional final step to t = 0."""
+    """Grid of the steps taken before the optional final step to t = 0.
+
+    Returns (ts, alphas, sigmas, lams) at the grid points.
+    """
     if denoise_to_zero:
         if _check_steps(num_steps) < 2:
             raise ValueError(f"denoise_to_zero needs num_steps >= 2, got {num_steps}")
-        return time_grid(sde, num_steps - 1, eps, discretization, rho)
-    return time_grid(sde, num_steps, eps, discretization, rho)
+        num_steps = num_steps - 1
+    ts = time_grid(sde, num_steps, eps, discretization, rho)
+    alphas, sigmas = sde.marginal_coeffs(ts)
+    return ts, alphas, sigmas, jnp.log(alphas) - jnp.log(sigmas)
 
 
 def _initial_noise(key, sde: SDE, shape, x_init):
@@ -187,9 +191,7 @@ def ddim_sample(
     init_key, noise_key = jax.random.split(key)
     x = _initial_noise(init_key, sde, shape, x_init)
     x0_fn = denoiser_from_score(sde, score_fn)
-    ts = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
-    alphas, sigmas = sde.marginal_coeffs(ts)
-    lams = jnp.log(alphas) - jnp.log(sigmas)
+    ts, alphas, sigmas, lams = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
     c = eta * sigmas[1:] * jnp.sqrt(-jnp.expm1(2.0 * (lams[:-1] - lams[1:])))
     eps_coef = jnp.sqrt(jnp.maximum(sigmas[1:] ** 2 - c**2, 0.0))
 
@@ -210,17 +212,22 @@ def ddim_sample(
 # ---- DPM-Solver++ (multistep, data prediction) -----------------------------------------
 
 
-def _dpm_solver_coeffs(lams, order):
+def _dpm_solver_coeffs(lams, order, third_order):
     """Per-step weights (c0, c1, c2) of D_i, D_{i-1}, D_{i-2} in
 
         x_{i+1} = (sigma_{i+1} / sigma_i) x_i + alpha_{i+1} (c0 D_i + c1 D_{i-1} + c2 D_{i-2}),
 
-    the exact integral of the exponential integrator
+    the exponential integrator of the probability-flow ODE in data-prediction form
         x_s = (sigma_s / sigma_t) x_t + alpha_s int_{lambda_t}^{lambda_s} e^{-(lambda_s - l)} D(l) dl
-    (Lu et al. 2022, DPM-Solver++ eq. 9) with D replaced by a polynomial in lambda:
-      order 1: D_i;  order 2: Alg. 2 (2M), D_i + (D_i - D_{i-1}) / (2 r), r = h_{i-1} / h_i;
-      order 3: the quadratic through D_i, D_{i-1}, D_{i-2} integrated exactly (3M, as in
-      k-diffusion's sample_dpmpp_3m_sde with eta = 0 and diffusers' multistep solver).
+    (Lu et al. 2022, DPM-Solver++ eq. 9) with D replaced by the polynomial in lambda
+    through the last `order` predictions:
+      order 1: D_i (DDIM);
+      order 2: Algorithm 2 (2M): D_i + (D_i - D_{i-1}) / (2 r), r = h_{i-1} / h_i;
+      order 3: the quadratic through D_i, D_{i-1}, D_{i-2}, integrated exactly (3M).
+    third_order="reference" instead uses the 3M update of the DPM-Solver, k-diffusion
+    (sample_dpmpp_3m_sde, eta = 0) and diffusers code, whose weight on the second
+    difference is half the exact integral's, which makes it second order as h -> 0
+    (measured in docs/solvers_oracle.md).
     Step i uses order min(order, i + 1): the lower-order warm-up.
     """
     n = lams.shape[0] - 1
@@ -232,17 +239,18 @@ def _dpm_solver_coeffs(lams, order):
     h2 = jnp.where(i >= 2, lam_prev - lam_prev2, h)
     step_order = jnp.minimum(order, i + 1)
 
-    phi1 = -jnp.expm1(-h)                 # int_0^h e^{-(h-u)} du
-    phi2 = h + jnp.expm1(-h)              # int_0^h e^{-(h-u)} u du
-    phi3 = 0.5 * h * h - phi2             # int_0^h e^{-(h-u)} u^2 / 2 du
+    phi1 = -jnp.expm1(-h)  # int_0^h e^{-(h-u)} du
+    phi2 = h + jnp.expm1(-h)  # int_0^h e^{-(h-u)} u du
+    phi3 = 0.5 * h * h - phi2  # int_0^h e^{-(h-u)} u^2 / 2 du
 
     zero = jnp.zeros_like(h)
     first = (phi1, zero, zero)
     r = h1 / h
     second = (phi1 * (1.0 + 0.5 / r), -phi1 * 0.5 / r, zero)
     # Newton form about lambda_i: D(lambda_i + u) = D_i + u (d0 + h1 d2) + u^2 d2 with
-    # d0 = (D_i - D_{i-1}) / h1, d2 = (d0 - (D_{i-1} - D_{i-2}) / h2) / (h1 + h2).
-    q = phi2 * h1 + 2.0 * phi3
+    # d0 = (D_i - D_{i-1}) / h1, d2 = (d0 - (D_{i-1} - D_{i-2}) / h2) / (h1 + h2);
+    # q, the weight of d2, is h1 int e^{-(h-u)} u du + int e^{-(h-u)} u^2 du.
+    q = phi2 * h1 + (2.0 * phi3 if third_order == "exact" else phi3)
     third = (
         phi1 + phi2 / h1 + q / (h1 * (h1 + h2)),
         -phi2 / h1 - q * (1.0 / h1 + 1.0 / h2) / (h1 + h2),
@@ -265,20 +273,22 @@ def dpm_solver_sample(
     discretization: str = "logsnr",
     rho: float = 7.0,
     denoise_to_zero: bool = False,
+    third_order: str = "exact",
 ):
     """Multistep DPM-Solver++ in data-prediction form (Lu et al. 2022, "DPM-Solver++",
     Algorithm 2 for order 2 (2M); order 3 is the 3M variant), see `_dpm_solver_coeffs`.
 
-    One denoiser call per step (NFE = num_steps); earlier predictions are reused, and
-    the first steps use lower orders (warm-up). No lower-order final steps are forced.
+    One denoiser call per step (NFE = num_steps): each step reuses the previous
+    steps' predictions, and the first steps use lower orders (warm-up). No lower
+    order is forced on the final steps. third_order: "exact" (third order) or
+    "reference" (the k-diffusion / diffusers 3M update), used only when order = 3.
     """
     _check_choice("DPM-Solver order", order, DPM_SOLVER_ORDERS)
+    _check_choice("third_order form", third_order, THIRD_ORDER_FORMS)
     x = _initial_noise(key, sde, shape, x_init)
     x0_fn = denoiser_from_score(sde, score_fn)
-    ts = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
-    alphas, sigmas = sde.marginal_coeffs(ts)
-    lams = jnp.log(alphas) - jnp.log(sigmas)
-    c0, c1, c2 = _dpm_solver_coeffs(lams, order)
+    ts, alphas, sigmas, lams = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
+    c0, c1, c2 = _dpm_solver_coeffs(lams, order, third_order)
     ratio = sigmas[1:] / sigmas[:-1]
 
     def step(carry, inputs):
@@ -321,8 +331,7 @@ def edm_heun_sample(
     """
     x = _initial_noise(key, sde, shape, x_init)
     x0_fn = denoiser_from_score(sde, score_fn)
-    ts = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
-    alphas, sigmas = sde.marginal_coeffs(ts)
+    ts, alphas, sigmas, _ = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
     s_grid = sigmas / alphas
 
     def slope(y, t, alpha, s):
