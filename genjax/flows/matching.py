@@ -10,7 +10,7 @@ The pieces combine freely (as in Meta's flow_matching library):
   (`CondOTScheduler`, `CosineScheduler`, `VPScheduler`);
 * an *affine probability path* `AffinePath(scheduler)` defines the conditional
   path x_t = alpha_t x1 + sigma_t x0 and its velocity
-  u_t = alpha'_t x1 + sigma'_t x0 (Lipman et al. 2023, eqs. 10-11);
+  u_t = alpha'_t x1 + sigma'_t x0 (Lipman et al. 2023, eq. 11 and Thm. 3);
 * a *coupling* decides which noise pairs with which data point: independent, or
   mini-batch optimal transport (`minibatch_ot_coupling`, Tong et al. 2023);
 * the *loss* regresses v(x_t, t) on u_t (conditional flow matching, Lipman et
@@ -142,7 +142,8 @@ def _per_example(coeff_N, x):
 class AffinePath:
     """Affine conditional probability path (Lipman et al. 2023, sec. 4):
 
-        x_t = alpha_t x1 + sigma_t x0,    u_t = alpha'_t x1 + sigma'_t x0,
+        x_t = alpha_t x1 + sigma_t x0,    u_t = alpha'_t x1 + sigma'_t x0
+    (eq. 11 and Thm. 3),
 
     with x0 ~ N(0, I) the noise, x1 the data and t of shape (N,). `scheduler`
     is any object with alpha, sigma, d_alpha, d_sigma of t.
@@ -204,7 +205,7 @@ def ot_permutation(x0, x1) -> jax.Array:
 
 
 def minibatch_ot_coupling(key, x0, x1):
-    """Mini-batch OT coupling (Tong et al. 2023, sec. 3.2; Pooladian et al. 2023):
+    """Mini-batch OT coupling (OT-CFM, Tong et al. 2023; Pooladian et al. 2023):
     re-pairs the noise with the data by the exact OT assignment on the batch.
 
     Returns (x0 permuted, x1). `key` is unused (the exact plan between two
@@ -339,7 +340,7 @@ def log_likelihood(
 
 
 def straightness(key, velocity_fn: Callable, x_init, num_steps: int | None = 100, method: str = "euler"):
-    """Straightness of the flow from x_init (Liu et al. 2023, eq. 4):
+    """Straightness S of the flow from x_init (Liu et al. 2023):
 
         S = E int_0^1 ||(X_1 - X_0) - v(X_t, t)||^2 dt,
 
@@ -366,7 +367,7 @@ def straightness(key, velocity_fn: Callable, x_init, num_steps: int | None = 100
 
 def reflow_pairs(key, velocity_fn: Callable, num: int, shape, **solver_kwargs):
     """Noise / sample pairs (x0, x1 = ODE(x0)) for the next rectified-flow round
-    (Liu et al. 2023, Algorithm 1, "reflow"). `shape` is the event shape.
+    ("reflow", Liu et al. 2023). `shape` is the event shape.
     Solver keywords as in `ode_sample`. Returns (x0, x1), each (num, *shape).
     """
     x0 = jax.random.normal(key, (num,) + tuple(shape))
