@@ -191,7 +191,9 @@ def ot_permutation(x0, x1) -> jax.Array:
     `linear_sum_assignment` (Jonker-Volgenant, O(N^3)) through `jax.pure_callback`,
     so it works under jit, vmap (one call per vmapped element) and a sharded
     batch (the cost matrix is gathered to one device, so the assignment is over
-    the whole global batch). No gradient flows through the pairing.
+    the whole global batch). No gradient flows through the pairing. The callback
+    runs on the host, so the CPU platform must be enabled (on an accelerator,
+    JAX_PLATFORMS must list "cpu" too, e.g. "cuda,cpu").
     """
     if x0.shape != x1.shape:
         raise ValueError(f"ot_permutation: x0 has shape {x0.shape} but x1 has shape {x1.shape}")
