@@ -51,10 +51,11 @@ def get_config():
     c.sample.eps = 1e-3
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.num = 4_000                  # held-out samples for the NLL
+    c.eval.num = 2_000                  # held-out samples for the NLL (std. error ~0.01 nats)
     c.eval.exact_divergence = True
     c.eval.rtol = 1e-5
     c.eval.atol = 1e-5
     c.eval.eps = 1e-5
-    c.eval.grid_size = 120              # learned-density heatmap resolution
+    c.eval.grid_size = 64               # learned-density heatmap resolution
+    c.eval.heatmap_tol = 1e-3           # ODE tolerance for the heatmap (a picture, not a number)
     return c

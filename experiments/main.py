@@ -174,12 +174,14 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True):
         result["sliced_wasserstein"] = float(
             metrics_lib.sliced_wasserstein(jax.random.PRNGKey(2), jnp.asarray(samples), ref))
     if heatmap:
+        heat_kwargs = dict(ll_kwargs, rtol=ec.heatmap_tol, atol=ec.heatmap_tol)
+        log_prob_heat = jax.jit(lambda p, k, x: exp.model.log_prob(p, k, x, **heat_kwargs))
         lim = 4.5
         grid = np.linspace(-lim, lim, ec.grid_size, dtype=np.float32)
         xx, yy = np.meshgrid(grid, grid)
         points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1))
         logp_grid = np.concatenate([
-            np.asarray(log_prob(state.ema_params, jax.random.PRNGKey(3), chunk))
+            np.asarray(log_prob_heat(state.ema_params, jax.random.PRNGKey(3), chunk))
             for chunk in jnp.array_split(points, max(1, len(points) // 4000))])
         plots.density_heatmap(os.path.join(workdir, "density.png"),
                               logp_grid.reshape(ec.grid_size, ec.grid_size), lim,
