@@ -240,7 +240,7 @@ def make_ensemble_fn(train_fn: Callable, strategy: str = "vmap") -> Callable:
     map:  one program, members in sequence (`lax.map`).
     loop: one compiled single-member program called K times from Python.
     All three give the same result; which is fastest depends on the backend
-    (see benchmarks/ensemble.py and `default_ensemble_strategy`).
+    (see benchmarks/ensemble.py and `experiments.ensemble.ensemble_runner`).
     """
     if strategy == "vmap":
         return jax.jit(jax.vmap(train_fn))
@@ -256,11 +256,3 @@ def make_ensemble_fn(train_fn: Callable, strategy: str = "vmap") -> Callable:
 
         return run
     raise ValueError(f"unknown ensemble strategy {strategy!r}; expected one of {ENSEMBLE_STRATEGIES}")
-
-
-def default_ensemble_strategy(backend: str | None = None) -> str:
-    """vmap on accelerators. On CPU, XLA's batched matmuls for small MLPs lose to
-    running members one after another (measured by benchmarks/ensemble.py; the
-    numbers are in docs/RESULTS.md), so members run in a `lax.map`."""
-    backend = backend or jax.default_backend()
-    return "map" if backend == "cpu" else "vmap"

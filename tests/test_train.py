@@ -141,3 +141,25 @@ def test_wrong_data_shape_is_named():
 def test_first_nonfinite_names_the_step():
     assert train.first_nonfinite(np.array([1.0, 2.0]), 10) is None
     assert train.first_nonfinite(np.array([1.0, np.nan, np.inf]), 10) == 11
+
+
+@pytest.mark.parametrize("strategy", ["map", "loop", "auto"])
+def test_ensemble_strategies_agree_with_vmap(strategy):
+    from experiments.ensemble import ensemble_runner
+
+    model = _model()
+    tx, _ = _tx()
+    example = DENSITY.sample(jax.random.PRNGKey(0), BATCH)
+    keys = jax.random.split(jax.random.PRNGKey(6), 3)
+    states = train.init_ensemble(model.init, tx, keys, example, learning_rate=[1e-3, 2e-3, 3e-3])
+    train_fn = train.make_train_fn(model.loss, tx, steps_per_call=5, batch_fn=_batch_fn)
+    reference, _ = train.make_ensemble_fn(train_fn, "vmap")(states)
+    run, chosen, timings = ensemble_runner(train_fn, states, strategy=strategy)
+    assert chosen in train.ENSEMBLE_STRATEGIES
+    if strategy == "auto" and jax.default_backend() == "cpu":
+        assert set(timings) == set(train.ENSEMBLE_STRATEGIES) and chosen == min(timings, key=timings.get)
+    out, _ = run(states)
+    for a, b in zip(jax.tree_util.tree_leaves(out.params), jax.tree_util.tree_leaves(reference.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown ensemble strategy 'pmap'"):
+        train.make_ensemble_fn(train_fn, "pmap")
