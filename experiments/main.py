@@ -28,6 +28,8 @@ from genjax import train as train_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 _MODE = flags.DEFINE_enum("mode", "all", ["train", "sample", "eval", "all"], "What to run.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU jobs).")
 
 _HELD_OUT_STREAM = 7  # key stream for held-out evaluation data, disjoint from training
 
@@ -197,6 +199,8 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()  # reads the coordinator from the cluster environment
     config, workdir = _CONFIG.value, _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
