@@ -224,10 +224,11 @@ def _dpm_solver_coeffs(lams, order, third_order):
       order 1: D_i (DDIM);
       order 2: Algorithm 2 (2M): D_i + (D_i - D_{i-1}) / (2 r), r = h_{i-1} / h_i;
       order 3: the quadratic through D_i, D_{i-1}, D_{i-2}, integrated exactly (3M).
-    third_order="reference" instead uses the 3M update of the DPM-Solver, k-diffusion
-    (sample_dpmpp_3m_sde, eta = 0) and diffusers code, whose weight on the second
-    difference is half the exact integral's, which makes it second order as h -> 0
-    (measured in docs/solvers_oracle.md).
+    third_order="reference" instead uses the third-order step of the DPM-Solver and
+    diffusers code (k-diffusion's sample_dpmpp_3m_sde at eta = 0 takes the same step):
+    its weight on the second difference is half the exact integral's, so its local
+    error is O(h^3) and it converges at second order as h -> 0 (measured in
+    docs/solvers_oracle.md).
     Step i uses order min(order, i + 1): the lower-order warm-up.
     """
     n = lams.shape[0] - 1
