@@ -315,11 +315,11 @@ def edm_heun_sample(
     score_fn: Callable,
     shape,
     num_steps: int = 18,
+    rho: float = 7.0,
     *,
     x_init=None,
     eps: float = 1e-3,
     discretization: str = "edm",
-    rho: float = 7.0,
     denoise_to_zero: bool = False,
 ):
     """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1, S_churn = 0).
