@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from genjax import integrate
-from genjax.diffusion.sde import SDE, broadcast_to_batch
+from genjax.diffusion.sde import SDE, broadcast_to_batch, initial_noise
 
 
 def _per_example_norm(v):
@@ -64,14 +64,6 @@ def _choose(kind: str, name, table):
     return table[name]
 
 
-def _initial_noise(key, sde: SDE, shape, x_init):
-    if x_init is None:
-        return sde.prior_sample(key, shape)
-    if tuple(x_init.shape) != tuple(shape):
-        raise ValueError(f"x_init has shape {tuple(x_init.shape)}; expected {tuple(shape)}")
-    return x_init
-
-
 def pc_sample(
     key,
     sde: SDE,
@@ -96,7 +88,7 @@ def pc_sample(
         _choose("corrector", corrector, CORRECTORS), snr=snr
     )
     init_key, loop_key = jax.random.split(key)
-    x = _initial_noise(init_key, sde, shape, x_init)
+    x = initial_noise(init_key, sde, shape, x_init)
     rsde = sde.reverse(score_fn, probability_flow=False)
     ts = jnp.linspace(sde.T, eps, num_steps + 1)
     batch = shape[0]
@@ -145,8 +137,13 @@ def ode_sample(
     sample's error); fixed-step methods from `genjax.integrate` with num_steps.
     Returns (samples, number of score evaluations).
     """
-    x = _initial_noise(key, sde, shape, x_init)
+    x = initial_noise(key, sde, shape, x_init)
     return integrate.solve_ode(
         probability_flow(sde, score_fn), x, sde.T, eps,
         method=method, num_steps=num_steps, rtol=rtol, atol=atol,
     )
+
+
+# The fast deterministic solvers (DDIM, DPM-Solver++, EDM Heun) live in `solvers`;
+# they take the same (key, sde, score_fn, shape, ..., x_init=) arguments.
+from genjax.diffusion.solvers import ddim_sample, dpm_solver_sample, edm_heun_sample  # noqa: E402,F401

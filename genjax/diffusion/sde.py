@@ -19,6 +19,15 @@ def broadcast_to_batch(v_N: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.reshape(v_N, v_N.shape + (1,) * (x.ndim - v_N.ndim))
 
 
+def initial_noise(key, sde: "SDE", shape, x_init=None):
+    """The sampler's starting point: `x_init` (checked against `shape`) or a prior draw."""
+    if x_init is None:
+        return sde.prior_sample(key, shape)
+    if tuple(x_init.shape) != tuple(shape):
+        raise ValueError(f"x_init has shape {tuple(x_init.shape)}; expected {tuple(shape)}")
+    return x_init
+
+
 class SDE:
     """The interface every forward SDE implements.
 

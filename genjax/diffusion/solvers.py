@@ -46,7 +46,7 @@ from genjax.diffusion.parameterization import (  # noqa: F401  (re-exported)
     edm_training_target,
     x0_fn_from_edm_denoiser,
 )
-from genjax.diffusion.sde import SDE, broadcast_to_batch
+from genjax.diffusion.sde import SDE, broadcast_to_batch, initial_noise
 
 DISCRETIZATIONS = ("logsnr", "edm", "quadratic", "uniform")
 DPM_SOLVER_ORDERS = (1, 2, 3)
@@ -133,14 +133,6 @@ def _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero):
     return ts, alphas, sigmas, jnp.log(alphas) - jnp.log(sigmas)
 
 
-def _initial_noise(key, sde: SDE, shape, x_init):
-    if x_init is None:
-        return sde.prior_sample(key, shape)
-    if tuple(x_init.shape) != tuple(shape):
-        raise ValueError(f"x_init has shape {tuple(x_init.shape)}; expected {tuple(shape)}")
-    return x_init
-
-
 def _per_example(t, x):
     return jnp.full((x.shape[0],), t, x.dtype)
 
@@ -189,7 +181,7 @@ def ddim_sample(
     if isinstance(eta, (int, float)) and not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
     init_key, noise_key = jax.random.split(key)
-    x = _initial_noise(init_key, sde, shape, x_init)
+    x = initial_noise(init_key, sde, shape, x_init)
     x0_fn = denoiser_from_score(sde, score_fn)
     ts, alphas, sigmas, lams = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
     c = eta * sigmas[1:] * jnp.sqrt(-jnp.expm1(2.0 * (lams[:-1] - lams[1:])))
@@ -286,7 +278,7 @@ def dpm_solver_sample(
     """
     _check_choice("DPM-Solver order", order, DPM_SOLVER_ORDERS)
     _check_choice("third_order form", third_order, THIRD_ORDER_FORMS)
-    x = _initial_noise(key, sde, shape, x_init)
+    x = initial_noise(key, sde, shape, x_init)
     x0_fn = denoiser_from_score(sde, score_fn)
     ts, alphas, sigmas, lams = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
     c0, c1, c2 = _dpm_solver_coeffs(lams, order, third_order)
@@ -330,7 +322,7 @@ def edm_heun_sample(
     in s on every step but the last, Euler on the last (to eps, or to s = 0 with
     denoise_to_zero, where it returns D): NFE = 2 num_steps - 1.
     """
-    x = _initial_noise(key, sde, shape, x_init)
+    x = initial_noise(key, sde, shape, x_init)
     x0_fn = denoiser_from_score(sde, score_fn)
     ts, alphas, sigmas, _ = _sampler_grid(sde, num_steps, eps, discretization, rho, denoise_to_zero)
     s_grid = sigmas / alphas
