@@ -23,7 +23,7 @@ from genjax import integrate
 from genjax.data import toy2d
 from genjax.diffusion import samplers
 from genjax.diffusion import sde as sde_lib
-from genjax.diffusion.losses import score_from_noise_prediction
+from genjax.diffusion.parameterization import score_from_eps
 from genjax.diffusion.oracle import exact_score_fn
 
 
@@ -43,7 +43,7 @@ def load_score_fn(workdir):
     net = TimeMLP(hidden=tuple(config.model.hidden), time_embedding=config.model.time_embedding)
     sde = registry.build_sde(config)
     eps_fn = lambda x, t: net.apply(state.ema_params, x, t)
-    return sde, score_from_noise_prediction(sde, eps_fn), exp.held_out
+    return sde, score_from_eps(sde, eps_fn), exp.held_out
 
 
 def scipy_log_likelihood(sde, score_fn, x, *, rtol, atol, eps):

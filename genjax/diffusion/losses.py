@@ -1,6 +1,7 @@
 """Denoising score matching in continuous time (Song et al. 2021, eq. 7).
 
-The network predicts the noise: score(x, t) = -eps_hat(x, t) / sigma(t), so the
+The network predicts the noise: score(x, t) = -eps_hat(x, t) / sigma(t)
+(`parameterization.score_from_eps`), so the
 loss with the usual weighting lambda(t) = sigma(t)^2 is ||eps_hat - eps||^2 and the
 likelihood weighting lambda(t) = g(t)^2 (Song, Durkan et al. 2021, "Maximum
 Likelihood Training of Score-Based Diffusion Models", Thm. 1) multiplies it by
@@ -12,16 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from genjax.diffusion.sde import SDE, broadcast_to_batch
-
-
-def score_from_noise_prediction(sde: SDE, eps_fn: Callable) -> Callable:
-    """score(x, t) = -eps_hat(x, t) / sigma(t)."""
-
-    def score_fn(x, t):
-        _, sigma = sde.marginal_coeffs(t)
-        return -eps_fn(x, t) / broadcast_to_batch(sigma, x)
-
-    return score_fn
 
 
 def likelihood_weight(sde: SDE, t):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from genjax.core import Model, check_shape
 from genjax.diffusion import likelihood, losses, samplers
+from genjax.diffusion.parameterization import score_from_eps
 from genjax.diffusion.sde import SDE
 
 
@@ -29,7 +30,7 @@ def make_score_model(
 
     def score_fn_of(params):
         eps_fn = lambda x, t: net.apply(params, x, t)
-        return losses.score_from_noise_prediction(sde, eps_fn)
+        return score_from_eps(sde, eps_fn)
 
     def init(key, x):
         check_shape("batch", x, (None,) + data_shape)
