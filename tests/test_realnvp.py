@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flow_testing import jacobian_log_dets
 from genjax import train
 from genjax.flows import realnvp
 
@@ -29,14 +30,6 @@ def perturb(params, key, scale=0.5):
 def std_normal_log_prob(z):
     z = z.reshape(z.shape[0], -1)
     return -0.5 * jnp.sum(z**2, axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-
-
-def jacobian_slogdet(fn, x):
-    """log|det| of the dense Jacobian of x -> fn(x) for each example of x."""
-    shape = x.shape[1:]
-    flat = lambda v: fn(v.reshape((1,) + shape)).reshape(-1)
-    jac = jax.vmap(jax.jacfwd(flat))(x.reshape(x.shape[0], -1))
-    return jnp.linalg.slogdet(jac)[1]
 
 
 def vector_flow(coupling, mixing, dim):
@@ -70,7 +63,7 @@ def test_vector_flow_log_prob_matches_jacobian_and_inverts(coupling, mixing):
         both = jnp.concatenate([x, samples])  # one pass each way for data and samples
         z, ld = fwd(both)
         x_back, ld_inv = inv(z)
-        return z, ld, x_back, ld_inv, jacobian_slogdet(lambda v: fwd(v)[0], x), model.log_prob(params, None, both)
+        return z, ld, x_back, ld_inv, jacobian_log_dets(lambda v: fwd(v)[0], x), model.log_prob(params, None, both)
 
     z, ld, x_back, ld_inv, slog, logp = run(params, x)
     np.testing.assert_allclose(ld[:6], slog, atol=ATOL, rtol=ATOL)
@@ -152,7 +145,7 @@ def test_glow_inverts_and_log_det_matches_jacobian():
         fwd, inv = bound_fns(bijection, params)
         z, ld = fwd(x)
         x_back, ld_inv = inv(z)
-        slog = jacobian_slogdet(lambda v: fwd(v)[0], x[:1])
+        slog = jacobian_log_dets(lambda v: fwd(v)[0], x[:1])
         return z, ld, x_back, ld_inv, slog, model.sample(params, ks, 2, temperature=0.7)
 
     z, ld, x_back, ld_inv, slog, samples = run(params, x)
