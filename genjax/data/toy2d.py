@@ -53,6 +53,12 @@ def _check_positive(name: str, value) -> float:
     return v
 
 
+def _check_noise(noise) -> float:
+    if float(noise) < 0 or not math.isfinite(float(noise)):
+        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    return float(noise)
+
+
 def _check_weights(weights, size: int, name: str = "weights_K") -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (size,):
@@ -550,9 +556,7 @@ def two_moons(noise: float = 0.1) -> ToyDensity:
     (1 - cos t, 0.5 - sin t), t ~ U[0, pi]; Gaussian noise of std `noise` is added,
     then FFJORD's map x -> 2x + (-1, -0.2) centres it in [-4, 4]^2.
     """
-    if float(noise) < 0 or not math.isfinite(float(noise)):
-        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
-    noise = float(noise)
+    noise = _check_noise(noise)
 
     @functools.partial(jax.jit, static_argnames=("num",))
     def sample(key: jax.Array, num: int) -> jax.Array:
@@ -575,9 +579,7 @@ def swiss_roll(noise: float = 1.0) -> ToyDensity:
     t ~ U[1.5 pi, 4.5 pi], x = (t cos t, t sin t) + noise * eps, then divided by 5
     as in FFJORD, so the roll fits in [-4, 4]^2.
     """
-    if float(noise) < 0 or not math.isfinite(float(noise)):
-        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
-    noise = float(noise)
+    noise = _check_noise(noise)
 
     @functools.partial(jax.jit, static_argnames=("num",))
     def sample(key: jax.Array, num: int) -> jax.Array:
