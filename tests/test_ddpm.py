@@ -252,7 +252,9 @@ def test_ancestral_sampling_is_ddim_with_eta_one(sde):
     """DDIM with eta = 1 is the DDPM posterior step (Song et al. 2020, eq. 16): on the
     grid t_i = i / n, ending with the denoised step to t = 0, it is ancestral sampling.
     Both draw step k's noise from fold_in(split(key)[1], k), so with one key and x_init
-    the two chains agree to float32 round-off accumulated over 50 steps."""
+    the two chains agree to float32 round-off: measured 3e-5 (VP, VE) and 1.5e-3 (the
+    cosine DDPM, whose first step multiplies x by 1 / sqrt(1 - 0.999) = 32) relative
+    to the samples' RMS, where chains with different noise differ by ~3."""
     n, shape = 50, (256, 2)
     score_fn = exact_score_fn(sde, MIXTURE)
     x_init = sde.prior_sample(jax.random.PRNGKey(0), shape)
@@ -262,7 +264,7 @@ def test_ancestral_sampling_is_ddim_with_eta_one(sde):
         key, sde, score_fn, shape, n, eta=1.0, x_init=x, eps=1.0 / n, discretization="uniform",
         denoise_to_zero=True))(x_init)
     scale = float(jnp.sqrt(jnp.mean(ddim**2)))
-    assert float(jnp.max(jnp.abs(ours - ddim))) < 1e-4 * scale * n
+    assert float(jnp.max(jnp.abs(ours - ddim))) < 3e-3 * scale
 
 
 def _check_against_exact(x):
