@@ -19,7 +19,7 @@ class MetricsLogger:
         record = {"step": int(step)}
         for name, value in metrics.items():
             value = np.asarray(value)
-            if value.size != 1:
+            if value.size != 1 or not np.issubdtype(value.dtype, np.number):
                 continue
             record[prefix + name] = float(value)
             self._tb.add_scalar(prefix + name, float(value), int(step))

@@ -7,13 +7,11 @@ Training resumes from the newest checkpoint in the workdir. Everything a run
 writes (metrics.jsonl, TensorBoard events, checkpoints, plots, samples) goes there.
 """
 import json
-import math
 import os
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,7 +20,6 @@ from tqdm import tqdm
 from experiments import configuration, plots, registry
 from experiments.checkpoint import Checkpointer
 from experiments.logging import MetricsLogger, read_metrics
-from genjax import metrics as metrics_lib
 from genjax import train as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config.")
@@ -31,26 +28,24 @@ _MODE = flags.DEFINE_enum("mode", "all", ["train", "sample", "eval", "all"], "Wh
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU jobs).")
 
-_HELD_OUT_STREAM = 7  # key stream for held-out evaluation data, disjoint from training
-
 
 class Experiment:
-    """What a config builds: the model, its data, optimizer and train function."""
+    """What a config builds: the data source, the model, its optimizer and train function."""
 
     def __init__(self, config):
         self.config = config
-        self.density = registry.build_density(config)
-        self.model = registry.FAMILIES[config.family](config)
+        self.source = registry.build_source(config)
+        self.model = registry.build_model(config, self.source)
         opt = config.optim
         self.tx, self.lr_fn = train_lib.make_optimizer(
             learning_rate=opt.learning_rate, total_steps=config.train.num_steps,
             warmup_steps=opt.warmup_steps, schedule=opt.schedule,
             grad_clip=opt.grad_clip, weight_decay=opt.weight_decay)
-        self.batch_fn = registry.toy_batch_fn(self.density, config.data.batch_size)
+        self.batch_fn = self.source.batch_fn(config.data.batch_size)
         self.key = jax.random.PRNGKey(config.seed)
 
     def init_state(self):
-        example = self.density.sample(jax.random.PRNGKey(0), self.config.data.batch_size)
+        example = self.source.example_batch(self.config.data.batch_size)
         return train_lib.init_state(self.model.init, self.tx, self.key, example)
 
     def train_fn(self, mesh):
@@ -58,9 +53,6 @@ class Experiment:
             self.model.loss, self.tx, ema_decay=self.config.optim.ema_decay,
             steps_per_call=self.config.train.steps_per_call, batch_fn=self.batch_fn,
             mesh=mesh, learning_rate_fn=self.lr_fn)
-
-    def held_out(self, num):
-        return self.density.sample(jax.random.fold_in(self.key, _HELD_OUT_STREAM), num)
 
 
 def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
@@ -128,66 +120,50 @@ def _restore(config, workdir):
     return exp, state
 
 
-def _sampler_kwargs(config):
+# the config.sample fields each sampler reads (besides method, guidance and labels)
+SAMPLER_FIELDS = {
+    "pc": ("num_steps", "predictor", "corrector", "snr", "eps"),
+    "ode": ("eps",),
+    "ddim": ("num_steps", "eta", "eps", "discretization"),
+    "dpm_solver": ("num_steps", "order", "eps", "discretization"),
+    "edm_heun": ("num_steps", "eps", "discretization"),
+    "ancestral": ("num_steps",),
+}
+
+
+def sampler_kwargs(config):
+    """Keyword arguments of `model.sample` from config.sample."""
     s = config.sample
-    if s.method == "ode":
-        return dict(method="ode", eps=s.eps)
-    return dict(method="pc", num_steps=s.num_steps, predictor=s.predictor,
-                corrector=s.corrector or None, snr=s.snr, eps=s.eps)
+    fields = registry.choose("sampler", s.method, SAMPLER_FIELDS)
+    kwargs = {f: s[f] for f in fields if f in s}
+    if "corrector" in kwargs:
+        kwargs["corrector"] = kwargs["corrector"] or None
+    if s.get("guidance", 0.0):
+        kwargs["guidance"] = s.guidance
+    return dict(method=s.method, **kwargs)
 
 
 def sample(config, workdir: str):
     """Draws config.sample.num samples with the EMA parameters; saves npz and a plot."""
     exp, state = _restore(config, workdir)
-    kwargs = _sampler_kwargs(config)
+    kwargs = sampler_kwargs(config)
     fn = jax.jit(lambda p, k: exp.model.sample(p, k, config.sample.num, **kwargs))
     out = fn(state.ema_params, jax.random.fold_in(exp.key, 11))
     samples = np.asarray(out[0] if isinstance(out, tuple) else out)
     np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
-    data = np.asarray(exp.held_out(config.sample.num))
-    plots.scatter_samples(os.path.join(workdir, "samples.png"), samples, data,
-                          title=f"{config.model.sde}-SDE, {config.sample.method} sampler")
+    exp.source.plot_samples(os.path.join(workdir, "samples.png"), samples,
+                            title=f"{config.model.sde}, {config.sample.method} sampler")
     return samples
 
 
 def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True):
-    """NLL on held-out samples (probability-flow ODE), sliced Wasserstein distance of
-    the samples against exact data, and a learned-density heatmap."""
+    """The data source's evaluation (NLL and sample quality) of the EMA parameters."""
     exp, state = _restore(config, workdir)
-    ec = config.eval
-    x = exp.held_out(ec.num)
-    ll_kwargs = dict(exact_divergence=ec.exact_divergence, rtol=ec.rtol, atol=ec.atol, eps=ec.eps)
-    log_prob = jax.jit(lambda p, k, x: exp.model.log_prob(p, k, x, **ll_kwargs))
-    t0 = time.perf_counter()
-    logp = np.asarray(log_prob(state.ema_params, jax.random.PRNGKey(1), x))
-    result = {
-        "nll_nats": float(-logp.mean()),
-        "nll_stderr": float(logp.std() / math.sqrt(len(logp))),
-        "eval_seconds": time.perf_counter() - t0,
-        "num_eval": int(ec.num),
-        "step": int(state.step),
-    }
-    if exp.density.entropy is not None:
-        result["data_entropy_nats"] = float(exp.density.entropy)
     if samples is None and os.path.exists(os.path.join(workdir, "samples.npz")):
         samples = np.load(os.path.join(workdir, "samples.npz"))["samples"]
-    if samples is not None:
-        ref = exp.held_out(len(samples))
-        result["sliced_wasserstein"] = float(
-            metrics_lib.sliced_wasserstein(jax.random.PRNGKey(2), jnp.asarray(samples), ref))
-    if heatmap:
-        heat_kwargs = dict(ll_kwargs, rtol=ec.heatmap_tol, atol=ec.heatmap_tol)
-        log_prob_heat = jax.jit(lambda p, k, x: exp.model.log_prob(p, k, x, **heat_kwargs))
-        lim = 4.5
-        grid = np.linspace(-lim, lim, ec.grid_size, dtype=np.float32)
-        xx, yy = np.meshgrid(grid, grid)
-        points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1))
-        logp_grid = np.concatenate([
-            np.asarray(log_prob_heat(state.ema_params, jax.random.PRNGKey(3), chunk))
-            for chunk in jnp.array_split(points, max(1, len(points) // 4000))])
-        plots.density_heatmap(os.path.join(workdir, "density.png"),
-                              logp_grid.reshape(ec.grid_size, ec.grid_size), lim,
-                              title=f"learned density, NLL {result['nll_nats']:.3f} nats")
+    result = exp.source.evaluate(exp.model, state.ema_params, workdir, samples=samples,
+                                 heatmap=heatmap)
+    result["step"] = int(state.step)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
     logger = MetricsLogger(workdir)

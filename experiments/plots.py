@@ -42,3 +42,14 @@ def loss_curve(path, steps, losses, title="training loss"):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def image_grid(path, grid_HWC, vmax, title=""):
+    grid = np.asarray(grid_HWC)
+    fig, ax = plt.subplots(figsize=(5, 5 * grid.shape[0] / grid.shape[1]))
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid / vmax, cmap="gray_r", vmin=0, vmax=vmax)
+    ax.set_axis_off()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,26 +1,31 @@
 """The explicit choices a config can name, and the builders that unpack a config
 into keyword arguments for `genjax` (no config object goes into genjax/)."""
-import jax
-
-from genjax.data import toy2d
+from experiments.sources import TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
+from genjax.diffusion import ddpm
 from genjax.diffusion import model as diffusion_model
 from genjax.diffusion import sde as sde_lib
 from genjax.nn.mlp import TimeMLP
-
-TOY_DENSITIES = {
-    "checkerboard": toy2d.checkerboard,
-    "eight_gaussians": toy2d.eight_gaussians,
-    "rings": toy2d.rings,
-    "pinwheel": toy2d.pinwheel,
-    "two_moons": toy2d.two_moons,
-    "swiss_roll": toy2d.swiss_roll,
-}
+from genjax.nn.unet import UNet
 
 SDES = {
     "vp": lambda m: sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max),
     "subvp": lambda m: sde_lib.SubVPSDE(beta_min=m.beta_min, beta_max=m.beta_max),
     "ve": lambda m: sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max),
+    "ddpm_linear": lambda m: ddpm.DiscreteVPSDE(ddpm.make_schedule("linear", m.num_timesteps)),
+    "ddpm_cosine": lambda m: ddpm.DiscreteVPSDE(ddpm.make_schedule("cosine", m.num_timesteps)),
 }
+
+NETS = {
+    "mlp": lambda m, num_classes: TimeMLP(
+        hidden=tuple(m.hidden), time_embedding=m.time_embedding, num_classes=num_classes),
+    "unet": lambda m, num_classes: UNet(
+        channels=tuple(m.channels), num_res_blocks=m.num_res_blocks,
+        attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout,
+        num_classes=num_classes),
+}
+
+# family -> the training objective of `make_diffusion_model`
+FAMILIES = {"score_sde": "dsm", "ddpm": "ddpm"}
 
 
 def choose(kind: str, name: str, table: dict):
@@ -29,31 +34,23 @@ def choose(kind: str, name: str, table: dict):
     return table[name]
 
 
-def build_density(config):
-    return choose("dataset", config.data.name, TOY_DENSITIES)()
-
-
 def build_sde(config):
     return choose("sde", config.model.sde, SDES)(config.model)
 
 
-def build_score_model(config, data_shape=(2,)):
-    net = TimeMLP(hidden=tuple(config.model.hidden), time_embedding=config.model.time_embedding)
-    return diffusion_model.make_score_model(
-        build_sde(config), net, data_shape=data_shape,
-        likelihood_weighting=config.model.likelihood_weighting,
-        importance_sampling=config.model.importance_sampling,
-        train_eps=config.model.train_eps,
-    )
-
-
-def toy_batch_fn(density, batch_size: int):
-    """Batch of step s: fresh exact samples drawn from fold_in(data_key, s)."""
-
-    def batch_fn(data_key, step):
-        return density.sample(jax.random.fold_in(data_key, step), batch_size)
-
-    return batch_fn
-
-
-FAMILIES = {"score_sde": build_score_model}
+def build_model(config, source):
+    """The genjax Model a config names, for data from `source`."""
+    m = config.model
+    objective = choose("family", config.family, FAMILIES)
+    net = choose("net", m.get("net", "mlp"), NETS)(m, source.num_classes)
+    sde = build_sde(config)
+    if objective == "ddpm" and not hasattr(sde, "num_timesteps"):
+        raise ValueError(f"family 'ddpm' trains on a discrete schedule; model.sde={m.sde!r} "
+                         "is continuous (use ddpm_linear or ddpm_cosine)")
+    return diffusion_model.make_diffusion_model(
+        sde, net, data_shape=source.data_shape, objective=objective,
+        prediction=m.get("prediction", "eps"),
+        likelihood_weighting=m.get("likelihood_weighting", False),
+        importance_sampling=m.get("importance_sampling", False),
+        train_eps=m.get("train_eps", 1e-5), num_classes=source.num_classes,
+        label_dropout=m.get("label_dropout", 0.1))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import toy_vpsde
-from experiments import configuration, main, registry
+from experiments import configuration, main, registry, sources
 
 
 def tiny_config(**train):
@@ -59,13 +59,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_nan_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    make = registry.toy_batch_fn
+    make = sources.ToySource.batch_fn
 
-    def poisoned(density, batch_size):
-        batch_fn = make(density, batch_size)
+    def poisoned(self, batch_size):
+        batch_fn = make(self, batch_size)
         return lambda key, step: batch_fn(key, step) * jax.numpy.where(step >= 130, jax.numpy.nan, 1.0)
 
-    monkeypatch.setattr(registry, "toy_batch_fn", poisoned)
+    monkeypatch.setattr(sources.ToySource, "batch_fn", poisoned)
     wd = str(tmp_path)
     with pytest.raises(FloatingPointError, match=r"at step 130.*last checkpoint \(step 100\) is intact"):
         main.train(tiny_config(), wd, progress=False)
@@ -93,7 +93,7 @@ def test_misspelled_key_in_a_config_file_is_an_error():
 def test_unknown_choice_lists_valid_ones():
     config = tiny_config()
     config.model.sde = "vpp"
-    with pytest.raises(ValueError, match=r"unknown sde 'vpp'; expected one of \['subvp', 've', 'vp'\]"):
+    with pytest.raises(ValueError, match=r"unknown sde 'vpp'; expected one of \['ddpm_cosine', 'ddpm_linear', 'subvp', 've', 'vp'\]"):
         registry.build_sde(config)
 
 

@@ -32,10 +32,28 @@ class FourierFeatures(nn.Module):
         return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+def class_embedding(num_classes: int | None, labels_N, batch: int, dim: int):
+    """Learned class features (zero for an unconditional net); labels None = null label.
+
+    Call inside an `nn.compact` method. The table has num_classes + 1 rows: the last
+    is the "no label" of classifier-free guidance (Ho & Salimans 2021, sec. 3.2).
+    """
+    if num_classes is None:
+        if labels_N is not None:
+            raise ValueError("labels were given to an unconditional network (num_classes=None)")
+        return 0.0
+    if labels_N is None:
+        labels_N = jnp.full((batch,), num_classes, jnp.int32)
+    return nn.Embed(num_classes + 1, dim, name="class_embedding")(labels_N)
+
+
 class TimeMLP(nn.Module):
     """MLP f(x, t) -> R^D with time features added to every hidden layer.
 
-    time_embedding: "sinusoidal" or "fourier".
+    time_embedding: "sinusoidal" or "fourier". With num_classes set, a class
+    embedding (num_classes + 1 entries; the last is the null label of
+    classifier-free guidance, used when labels is None) is added to the time
+    features. `train` is accepted for a uniform network signature (no dropout).
     """
 
     hidden: Sequence[int] = (256, 256, 256)
@@ -43,9 +61,11 @@ class TimeMLP(nn.Module):
     time_embedding: str = "sinusoidal"
     time_dim: int = 64
     activation: str = "silu"
+    num_classes: int | None = None
 
     @nn.compact
-    def __call__(self, x_ND, t_N):
+    def __call__(self, x_ND, t_N, labels_N=None, train: bool = False):
+        del train
         if self.time_embedding == "sinusoidal":
             temb = sinusoidal_embedding(t_N, self.time_dim)
         elif self.time_embedding == "fourier":
@@ -54,11 +74,14 @@ class TimeMLP(nn.Module):
             raise ValueError(
                 f"time_embedding={self.time_embedding!r}; expected 'sinusoidal' or 'fourier'"
             )
+        temb = temb + class_embedding(self.num_classes, labels_N, t_N.shape[0], temb.shape[-1])
         act = getattr(nn, self.activation)
         temb = act(nn.Dense(self.time_dim * 2)(temb))
-        h = x_ND
+        h = jnp.reshape(x_ND, (x_ND.shape[0], -1))  # images are flattened
         for width in self.hidden:
             h = nn.Dense(width)(h) + nn.Dense(width)(temb)
             h = act(h)
-        out_dim = self.out_dim or x_ND.shape[-1]
-        return nn.Dense(out_dim, kernel_init=nn.initializers.zeros)(h)
+        if self.out_dim is not None:
+            return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
+        out = nn.Dense(x_ND[0].size, kernel_init=nn.initializers.zeros)(h)
+        return jnp.reshape(out, x_ND.shape)

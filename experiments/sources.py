@@ -1,0 +1,186 @@
+"""Training data, held-out evaluation and sample plots for each kind of dataset.
+
+A source gives the trainer `batch_fn(data_key, step)` and the evaluator the
+numbers that fit its data: toy 2D densities have exact samples (and often exact
+entropies) and a density heatmap; images are discrete (17-level digits), so their
+NLL is the dequantized bound on the discrete data (Theis et al. 2016) and their
+samples are judged by a classifier's Fréchet distance and class accuracy.
+"""
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import datasets, plots
+from genjax import metrics as metrics_lib
+from genjax.data import images as images_lib
+from genjax.data import toy2d
+from genjax.diffusion.likelihood import discrete_nll
+
+TOY_DENSITIES = {
+    "checkerboard": toy2d.checkerboard,
+    "eight_gaussians": toy2d.eight_gaussians,
+    "rings": toy2d.rings,
+    "pinwheel": toy2d.pinwheel,
+    "two_moons": toy2d.two_moons,
+    "swiss_roll": toy2d.swiss_roll,
+}
+_HELD_OUT_STREAM = 7  # key stream for held-out toy data, disjoint from training
+
+
+def _log_likelihood_kwargs(ec):
+    return dict(exact_divergence=ec.exact_divergence, rtol=ec.rtol, atol=ec.atol, eps=ec.eps)
+
+
+class ToySource:
+    """Fresh exact samples of a 2D density every step."""
+
+    num_classes = None
+    data_shape = (2,)
+
+    def __init__(self, config):
+        self.config = config
+        self.density = TOY_DENSITIES[config.data.name]()
+        self.key = jax.random.PRNGKey(config.seed)
+
+    def batch_fn(self, batch_size):
+        density = self.density
+
+        def batch_fn(data_key, step):
+            return density.sample(jax.random.fold_in(data_key, step), batch_size)
+
+        return batch_fn
+
+    def example_batch(self, batch_size):
+        return self.density.sample(jax.random.PRNGKey(0), batch_size)
+
+    def held_out(self, num):
+        return self.density.sample(jax.random.fold_in(self.key, _HELD_OUT_STREAM), num)
+
+    def plot_samples(self, path, samples, title):
+        plots.scatter_samples(path, samples, self.held_out(len(samples)), title=title)
+
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True):
+        """NLL on held-out samples (probability-flow ODE), sliced Wasserstein distance
+        of the samples against exact data, and a learned-density heatmap."""
+        ec = self.config.eval
+        x = self.held_out(ec.num)
+        ll_kwargs = _log_likelihood_kwargs(ec)
+        log_prob = jax.jit(lambda p, k, x: model.log_prob(p, k, x, **ll_kwargs))
+        t0 = time.perf_counter()
+        logp = np.asarray(log_prob(params, jax.random.PRNGKey(1), x))
+        result = {
+            "nll_nats": float(-logp.mean()),
+            "nll_stderr": float(logp.std() / math.sqrt(len(logp))),
+            "eval_seconds": time.perf_counter() - t0,
+            "num_eval": int(ec.num),
+        }
+        if self.density.entropy is not None:
+            result["data_entropy_nats"] = float(self.density.entropy)
+        if samples is not None:
+            ref = self.held_out(len(samples))
+            result["sliced_wasserstein"] = float(
+                metrics_lib.sliced_wasserstein(jax.random.PRNGKey(2), jnp.asarray(samples), ref))
+        if heatmap:
+            heat_kwargs = dict(ll_kwargs, rtol=ec.heatmap_tol, atol=ec.heatmap_tol)
+            log_prob_heat = jax.jit(lambda p, k, x: model.log_prob(p, k, x, **heat_kwargs))
+            lim = 4.5
+            grid = np.linspace(-lim, lim, ec.grid_size, dtype=np.float32)
+            xx, yy = np.meshgrid(grid, grid)
+            points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1))
+            logp_grid = np.concatenate([
+                np.asarray(log_prob_heat(params, jax.random.PRNGKey(3), chunk))
+                for chunk in jnp.array_split(points, max(1, len(points) // 4000))])
+            plots.density_heatmap(os.path.join(workdir, "density.png"),
+                                  logp_grid.reshape(ec.grid_size, ec.grid_size), lim,
+                                  title=f"learned density, NLL {result['nll_nats']:.3f} nats")
+        return result
+
+
+class DigitsSource:
+    """sklearn's 8x8 digits, 17 levels, dequantized afresh every step into [-1, 1].
+
+    Batches are dicts {"x", "label"} for class-conditional models and plain image
+    arrays otherwise. The epoch order is a function of (seed, step).
+    """
+
+    num_levels = datasets.DIGITS_LEVELS
+    data_shape = (8, 8, 1)
+
+    def __init__(self, config):
+        self.config = config
+        self.num_classes = datasets.DIGITS_CLASSES if config.model.conditional else None
+        self.train_images, self.train_labels = datasets.load_digits("train")
+
+    def _batch(self, key, x_int, labels):
+        x, _ = images_lib.to_model_space(key, x_int, self.num_levels)
+        return x if self.num_classes is None else {"x": x, "label": labels}
+
+    def batch_fn(self, batch_size):
+        arrays = {"x": jnp.asarray(self.train_images), "label": jnp.asarray(self.train_labels)}
+        index_batch = images_lib.array_batch_fn(arrays, batch_size)
+
+        def batch_fn(data_key, step):
+            b = index_batch(data_key, step)
+            dequant_key = jax.random.fold_in(jax.random.fold_in(data_key, step), 1)
+            return self._batch(dequant_key, b["x"], b["label"])
+
+        return batch_fn
+
+    def example_batch(self, batch_size):
+        n = min(batch_size, len(self.train_images))
+        return self._batch(jax.random.PRNGKey(0), self.train_images[:n], self.train_labels[:n])
+
+    def plot_samples(self, path, samples, title):
+        levels = np.asarray(images_lib.to_levels(jnp.asarray(samples[:100]), self.num_levels))
+        grid = np.asarray(images_lib.image_grid(levels, nrow=10, pad_value=self.num_levels - 1))
+        plots.image_grid(path, grid, vmax=self.num_levels - 1, title=title)
+
+    def discrete_nll(self, model, params, split, **ll_kwargs):
+        """Per-image bound on -log P(x) of the 17-level data, nats (dequantized ODE NLL)."""
+        x_int, labels = datasets.load_digits(split)
+        y, log_volume = images_lib.to_model_space(jax.random.PRNGKey(5), x_int, self.num_levels)
+        log_prob = jax.jit(lambda p, k, y: model.log_prob(p, k, y, **ll_kwargs))
+        chunks = [log_prob(params, jax.random.fold_in(jax.random.PRNGKey(1), i), chunk)
+                  for i, chunk in enumerate(jnp.array_split(y, max(1, len(y) // 256)))]
+        return np.asarray(discrete_nll(jnp.concatenate(chunks), log_volume))
+
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True):
+        """Test NLL in nats per image and bits/dim; with samples, the Fréchet distance
+        of the digits classifier's features to the test set."""
+        del heatmap
+        ec = self.config.eval
+        t0 = time.perf_counter()
+        nll = self.discrete_nll(model, params, ec.split, **_log_likelihood_kwargs(ec))
+        dim = math.prod(self.data_shape)
+        result = {
+            "split": ec.split,
+            "nll_nats": float(nll.mean()),
+            "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
+            "bits_per_dim": float(nll.mean() / (dim * math.log(2))),
+            "eval_seconds": time.perf_counter() - t0,
+            "num_eval": int(len(nll)),
+        }
+        if samples is not None:
+            from experiments import classifier
+
+            clf = classifier.load_or_train(os.path.join(workdir, "..", ".classifier_cache"))
+            levels = images_lib.to_levels(jnp.asarray(samples), self.num_levels)
+            test_int, _ = datasets.load_digits("test")
+            result["frechet_distance"] = float(classifier.frechet_distance_to(clf, levels, test_int))
+        return result
+
+
+SOURCES = {"toy": ToySource, "digits": DigitsSource}
+
+
+def build_source(config):
+    name = config.data.name
+    if name in TOY_DENSITIES:
+        return ToySource(config)
+    if name == "digits":
+        return DigitsSource(config)
+    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(TOY_DENSITIES) + ['digits']}")
