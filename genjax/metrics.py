@@ -46,3 +46,56 @@ def mmd(x_ND, y_MD, bandwidths=(0.1, 0.3, 1.0, 3.0)) -> jax.Array:
 def total_variation(p_K, q_K) -> jax.Array:
     """Total variation distance between two categorical distributions: 0.5 * sum |p - q|."""
     return 0.5 * jnp.sum(jnp.abs(jnp.asarray(p_K) - jnp.asarray(q_K)))
+
+
+def _sqrtm_psd(cov_DD) -> jax.Array:
+    """Symmetric square root of a PSD matrix through eigh, negative rounding
+    errors in the eigenvalues clipped to zero."""
+    evals, evecs = jnp.linalg.eigh(cov_DD)
+    return (evecs * jnp.sqrt(jnp.clip(evals, 0.0))[None, :]) @ evecs.T
+
+
+def gaussian_frechet(mu_a_D, cov_a_DD, mu_b_D, cov_b_DD) -> jax.Array:
+    """Squared Fréchet (2-Wasserstein) distance between N(mu_a, S_a) and N(mu_b, S_b)
+    (Dowson & Landau 1982; the FID of Heusel et al. 2017, eq. 6):
+
+        ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}).
+
+    tr((S_a S_b)^{1/2}) is the sum of the square roots of the eigenvalues of the
+    PSD matrix S_a^{1/2} S_b S_a^{1/2} (same spectrum as S_a S_b). These are the
+    squared singular values of S_a^{1/2} S_b^{1/2}, so the trace is computed as
+    that matrix's nuclear norm: no eigenvalue is squared and square-rooted
+    again, which in float32 would cost about sqrt(eps) of the largest one per
+    small eigenvalue. The symmetric square roots come from eigh, with negative
+    rounding errors clipped to zero; so is the result.
+    """
+    mu_a_D, mu_b_D = jnp.asarray(mu_a_D), jnp.asarray(mu_b_D)
+    cov_a_DD, cov_b_DD = jnp.asarray(cov_a_DD), jnp.asarray(cov_b_DD)
+    if mu_a_D.ndim != 1:
+        raise ValueError(f"mu_a has shape {mu_a_D.shape}; expected (D,)")
+    d = mu_a_D.shape[0]
+    for name, a, shape in (("mu_a", mu_a_D, (d,)), ("cov_a", cov_a_DD, (d, d)),
+                           ("mu_b", mu_b_D, (d,)), ("cov_b", cov_b_DD, (d, d))):
+        if a.shape != shape:
+            raise ValueError(f"{name} has shape {a.shape}; expected {shape}")
+    singular = jnp.linalg.svd(_sqrtm_psd(cov_a_DD) @ _sqrtm_psd(cov_b_DD), compute_uv=False)
+    trace_sqrt = jnp.sum(singular)
+    dist = jnp.sum((mu_a_D - mu_b_D) ** 2) + jnp.trace(cov_a_DD) + jnp.trace(cov_b_DD) - 2.0 * trace_sqrt
+    return jnp.maximum(dist, 0.0)
+
+
+def frechet_distance(feat_a_NF, feat_b_MF) -> jax.Array:
+    """Fréchet distance between two feature sets (Heusel et al. 2017, eq. 6): the
+    `gaussian_frechet` distance between Gaussians with their sample means and
+    (unbiased, ddof=1) covariances. With classifier features this is an FID-like
+    score. It is biased upwards at finite sample sizes, so compare scores only at
+    equal set sizes."""
+    feat_a_NF, feat_b_MF = jnp.asarray(feat_a_NF), jnp.asarray(feat_b_MF)
+    if feat_a_NF.ndim != 2 or feat_b_MF.ndim != 2 or feat_a_NF.shape[1] != feat_b_MF.shape[1]:
+        raise ValueError(f"feature sets have shapes {feat_a_NF.shape} and {feat_b_MF.shape}; "
+                         "expected (N, F) and (M, F) with the same F")
+    if feat_a_NF.shape[0] < 2 or feat_b_MF.shape[0] < 2:
+        raise ValueError(f"feature sets have shapes {feat_a_NF.shape} and {feat_b_MF.shape}; "
+                         "expected at least 2 rows each for a covariance")
+    moments = lambda f: (jnp.mean(f, axis=0), jnp.cov(f, rowvar=False))
+    return gaussian_frechet(*moments(feat_a_NF), *moments(feat_b_MF))
