@@ -66,6 +66,7 @@ def get_config():
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
+    c.eval.num = 0                      # images of the split to evaluate (0: all)
     c.eval.exact_divergence = False     # Hutchinson (Rademacher), one probe per image
     c.eval.rtol = 1e-5
     c.eval.atol = 1e-5

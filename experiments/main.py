@@ -48,11 +48,20 @@ class Experiment:
         example = self.source.example_batch(self.config.data.batch_size)
         return train_lib.init_state(self.model.init, self.tx, self.key, example)
 
-    def train_fn(self, mesh):
+    def train_fn(self, mesh, steps_per_call=None, unroll=1):
         return train_lib.make_train_fn(
             self.model.loss, self.tx, ema_decay=self.config.optim.ema_decay,
-            steps_per_call=self.config.train.steps_per_call, batch_fn=self.batch_fn,
-            mesh=mesh, learning_rate_fn=self.lr_fn)
+            steps_per_call=steps_per_call or self.config.train.steps_per_call,
+            batch_fn=self.batch_fn, mesh=mesh, learning_rate_fn=self.lr_fn, unroll=unroll)
+
+    def compiled_train_fn(self, mesh):
+        """jit(train_fn), or on CPU for convolutional nets the same steps one jitted
+        step at a time (`train.host_loop`: XLA:CPU runs conv gradients in loops slowly)."""
+        spc = self.config.train.steps_per_call
+        if jax.default_backend() == "cpu" and self.config.model.get("net", "mlp") == "unet":
+            one = jax.jit(self.train_fn(mesh, steps_per_call=1, unroll=True), donate_argnums=0)
+            return train_lib.host_loop(one, spc)
+        return jax.jit(self.train_fn(mesh), donate_argnums=0)
 
 
 def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
@@ -75,7 +84,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
     mesh = train_lib.default_mesh()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.device_put(state, replicated)
-    train_fn = jax.jit(exp.train_fn(mesh), donate_argnums=0)
+    train_fn = exp.compiled_train_fn(mesh)
     logger = MetricsLogger(workdir)
     start = int(state.step)
     end = tc.num_steps if stop_after is None else min(stop_after, tc.num_steps)

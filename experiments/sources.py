@@ -139,22 +139,40 @@ class DigitsSource:
         grid = np.asarray(images_lib.image_grid(levels, nrow=10, pad_value=self.num_levels - 1))
         plots.image_grid(path, grid, vmax=self.num_levels - 1, title=title)
 
-    def discrete_nll(self, model, params, split, **ll_kwargs):
-        """Per-image bound on -log P(x) of the 17-level data, nats (dequantized ODE NLL)."""
-        x_int, labels = datasets.load_digits(split)
+    def discrete_nll(self, model, params, split, num=None, **ll_kwargs):
+        """Per-image bound on -log P(x) of the 17-level data, nats (dequantized ODE NLL),
+        for the first `num` images of the split (all when None)."""
+        x_int, _ = datasets.load_digits(split)
+        x_int = x_int[:num]
         y, log_volume = images_lib.to_model_space(jax.random.PRNGKey(5), x_int, self.num_levels)
         log_prob = jax.jit(lambda p, k, y: model.log_prob(p, k, y, **ll_kwargs))
         chunks = [log_prob(params, jax.random.fold_in(jax.random.PRNGKey(1), i), chunk)
                   for i, chunk in enumerate(jnp.array_split(y, max(1, len(y) // 256)))]
         return np.asarray(discrete_nll(jnp.concatenate(chunks), log_volume))
 
+    def sample_quality(self, samples, labels=None):
+        """Fréchet distance of the digits classifier's features to the test split and,
+        given the labels the samples were drawn for, the fraction classified as them."""
+        from experiments import classifier
+
+        clf = classifier.load_or_train(self.config.eval.classifier_dir)
+        levels = np.asarray(images_lib.to_levels(jnp.asarray(samples), self.num_levels))
+        test_int, _ = datasets.load_digits("test")
+        result = {"frechet_distance": float(classifier.frechet_distance_to(clf, levels, test_int))}
+        if labels is not None:
+            _, predicted = classifier.features_and_predictions(clf, levels)
+            result["class_accuracy"] = float(np.mean(np.asarray(predicted) == np.asarray(labels)))
+        return result
+
     def evaluate(self, model, params, workdir, samples=None, heatmap=True):
         """Test NLL in nats per image and bits/dim; with samples, the Fréchet distance
-        of the digits classifier's features to the test set."""
-        del heatmap
+        of the digits classifier's features to the test set (and, for a conditional
+        model, the class accuracy of the samples, drawn for labels 0, 1, ..., 9, 0, ...)."""
+        del workdir, heatmap
         ec = self.config.eval
         t0 = time.perf_counter()
-        nll = self.discrete_nll(model, params, ec.split, **_log_likelihood_kwargs(ec))
+        nll = self.discrete_nll(model, params, ec.split, num=ec.num or None,
+                                **_log_likelihood_kwargs(ec))
         dim = math.prod(self.data_shape)
         result = {
             "split": ec.split,
@@ -165,12 +183,10 @@ class DigitsSource:
             "num_eval": int(len(nll)),
         }
         if samples is not None:
-            from experiments import classifier
-
-            clf = classifier.load_or_train(os.path.join(workdir, "..", ".classifier_cache"))
-            levels = images_lib.to_levels(jnp.asarray(samples), self.num_levels)
-            test_int, _ = datasets.load_digits("test")
-            result["frechet_distance"] = float(classifier.frechet_distance_to(clf, levels, test_int))
+            labels = None
+            if self.num_classes is not None:
+                labels = np.arange(len(samples)) % self.num_classes
+            result.update(self.sample_quality(samples, labels))
         return result
 
 

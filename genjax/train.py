@@ -184,12 +184,14 @@ def make_train_fn(
     batch_fn: Callable | None = None,
     mesh: Mesh | None = None,
     learning_rate_fn: Callable | None = None,
+    unroll: int | bool = 1,
 ) -> Callable:
     """Returns train_fn(state, batches=None) -> (state, metrics), pure and jittable.
 
     Runs `steps_per_call` optimizer steps in a `lax.scan`. The batch of each step
     comes from `batch_fn(data_key, step)` (generated on device; batches=None) or
     from `batches`, a pytree with a leading axis of length steps_per_call.
+    `unroll` is passed to the scan (True: straight-line code; see `host_loop`).
     Metrics are stacked over the steps: the loss's own metrics plus `loss`,
     `grad_norm` and (given learning_rate_fn) `learning_rate`.
     """
@@ -217,9 +219,30 @@ def make_train_fn(
 
         if batch_fn is None and batches is None:
             raise ValueError("train_fn needs `batches` when no batch_fn was given")
-        return jax.lax.scan(body, state, batches, length=steps_per_call)
+        return jax.lax.scan(body, state, batches, length=steps_per_call, unroll=unroll)
 
     return train_fn
+
+
+def host_loop(step_fn: Callable, num_calls: int) -> Callable:
+    """Calls a jitted `step_fn(state) -> (state, metrics)` num_calls times from Python
+    and concatenates the metrics along their leading (step) axis.
+
+    The same steps as one `lax.scan`, for backends where a loop inside the compiled
+    program is slow: on XLA:CPU, convolution gradients inside a while loop run about
+    25 times slower than the same gradients in straight-line code (a U-Net step on
+    8x8 digits: 6 s in a scan against 0.24 s alone). Build step_fn with
+    `make_train_fn(..., steps_per_call=1, unroll=True)`.
+    """
+
+    def run(state):
+        collected = []
+        for _ in range(num_calls):
+            state, metrics = step_fn(state)
+            collected.append(metrics)
+        return state, jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *collected)
+
+    return run
 
 
 def first_nonfinite(losses, start_step: int) -> int | None:
