@@ -14,7 +14,7 @@ def get_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
-    c.data.batch_size = 200
+    c.data.batch_size = 128
 
     c.model = ml_collections.ConfigDict()
     c.model.sde = "vp"                  # vp | subvp | ve | ddpm_linear | ddpm_cosine

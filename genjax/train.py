@@ -191,7 +191,8 @@ def make_train_fn(
     Runs `steps_per_call` optimizer steps in a `lax.scan`. The batch of each step
     comes from `batch_fn(data_key, step)` (generated on device; batches=None) or
     from `batches`, a pytree with a leading axis of length steps_per_call.
-    `unroll` is passed to the scan (True: straight-line code; see `host_loop`).
+    `unroll` is passed to the scan; True traces the steps one after another into
+    straight-line code with no loop at all (see `host_loop`).
     Metrics are stacked over the steps: the loss's own metrics plus `loss`,
     `grad_norm` and (given learning_rate_fn) `learning_rate`.
     """
@@ -219,6 +220,13 @@ def make_train_fn(
 
         if batch_fn is None and batches is None:
             raise ValueError("train_fn needs `batches` when no batch_fn was given")
+        if unroll is True:  # straight-line code: a Python loop traced step by step
+            collected = []
+            for i in range(steps_per_call):
+                batch = None if batches is None else jax.tree_util.tree_map(lambda b: b[i], batches)
+                state, metrics = body(state, batch)
+                collected.append(metrics)
+            return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *collected)
         return jax.lax.scan(body, state, batches, length=steps_per_call, unroll=unroll)
 
     return train_fn

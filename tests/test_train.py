@@ -79,7 +79,8 @@ def test_sharded_over_eight_devices_equals_one_device():
 
 
 def test_steps_per_call_does_not_change_the_run():
-    """Ten scanned steps in one call equal ten calls of one step (same RNG and data)."""
+    """Ten scanned steps in one call equal ten calls of one step, scanned or traced
+    without a loop (`host_loop`), with the same RNG and data."""
     model = _model()
     tx, _ = _tx()
     example = DENSITY.sample(jax.random.PRNGKey(0), BATCH)
@@ -90,9 +91,12 @@ def test_steps_per_call_does_not_change_the_run():
     b = state0
     for _ in range(10):
         b, _ = one(b)
-    assert int(a.step) == int(b.step) == 10
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    unrolled = jax.jit(train.make_train_fn(model.loss, tx, steps_per_call=1, batch_fn=_batch_fn, unroll=True))
+    c, metrics = train.host_loop(unrolled, 10)(state0)
+    assert int(a.step) == int(b.step) == int(c.step) == 10 and metrics["loss"].shape == (10,)
+    for x, y, z in zip(*(jax.tree_util.tree_leaves(s.params) for s in (a, b, c))):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(x, z, rtol=1e-5, atol=1e-7)
 
 
 def test_host_fed_batches():
