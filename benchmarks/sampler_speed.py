@@ -84,7 +84,8 @@ def main():
     print("|---|---|---|---|---|")
     print(f"| DPM-Solver++ 3M (log-SNR grid) | {dpm_nfe} | {dpm_rate:.4g} | {dpm_q:.4g} | {dpm_c:.1f} |")
     print(f"| Euler-Maruyama | {em_nfe} | {em_rate:.4g} | {em_q:.4g} | {em_c:.1f} |")
-    print(f"{m} floor (data vs data, same size): {problem.floor:.4g}")
+    print(f"{m} floor (data vs data, same size; mean ± std over {ss.FLOOR_SETS} sets): "
+          f"{problem.floor:.4g} ± {problem.floor_std:.2g}")
     print(f"speed-up DPM-Solver++ / Euler-Maruyama: {dpm_rate / em_rate:.1f}x "
           f"({em_nfe / dpm_nfe:.0f}x fewer NFE); {m} {dpm_q:.4g} vs {em_q:.4g}")
 
