@@ -215,7 +215,7 @@ def digits_score_of(config, source):
     m = config.model
     sde = registry.build_sde(config)
     net = registry.choose("net", m.get("net", "mlp"), registry.NETS)(m, source.num_classes)
-    prediction = m.get("prediction", "eps") if config.family == "ddpm" else "eps"
+    prediction = m.get("prediction", "eps")  # as registry.build_model passes it
 
     def score_of(params, labels=None):
         pred = lambda x, t, y: net.apply(params, x, t, y)
