@@ -36,7 +36,8 @@ def _concrete_float(value):
 
 
 def check_guidance(guidance, num_classes) -> float:
-    """Checks a guidance weight against the model it is asked of; returns float(guidance).
+    """Checks a guidance weight against the model it is asked of; returns float(guidance)
+    (or the traced weight itself, whose value cannot be checked under jit).
 
     Raises ValueError when
       * guidance is not a finite number >= 0. Negative weights are rejected: w = -1 is
@@ -48,15 +49,18 @@ def check_guidance(guidance, num_classes) -> float:
       * num_classes is given but is not an int >= 1.
     """
     w = _concrete_float(guidance)
-    if w is None or not math.isfinite(w) or w < 0.0:
+    if w is None:  # a traced weight (a jitted or vmapped sweep): only the model is checked
+        if num_classes is None:
+            raise ValueError("a guidance weight needs a class-conditional model, but num_classes is None")
+    elif not math.isfinite(w) or w < 0.0:
         raise ValueError(f"guidance must be a finite number >= 0 (0 = conditional model), got {guidance!r}")
-    if num_classes is None:
+    elif num_classes is None:
         if w != 0.0:
             raise ValueError(f"guidance {w!r} needs a class-conditional model, but num_classes is None")
         return w
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be None or an int >= 1, got {num_classes!r}")
-    return w
+    return guidance if w is None else w
 
 
 def _null_like(labels, null_label):
