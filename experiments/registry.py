@@ -24,8 +24,6 @@ NETS = {
         num_classes=num_classes),
 }
 
-# family -> the training objective of `make_diffusion_model`
-FAMILIES = {"score_sde": "dsm", "ddpm": "ddpm"}
 
 
 def choose(kind: str, name: str, table: dict):
@@ -38,10 +36,13 @@ def build_sde(config):
     return choose("sde", config.model.sde, SDES)(config.model)
 
 
-def build_model(config, source):
-    """The genjax Model a config names, for data from `source`."""
+DIFFUSION_OBJECTIVES = {"score_sde": "dsm", "ddpm": "ddpm"}
+
+
+def build_diffusion_model(config, source):
+    """Score-SDE (continuous DSM) or DDPM (discrete L_simple) model for `source`'s data."""
     m = config.model
-    objective = choose("family", config.family, FAMILIES)
+    objective = DIFFUSION_OBJECTIVES[config.family]
     net = choose("net", m.get("net", "mlp"), NETS)(m, source.num_classes)
     sde = build_sde(config)
     if objective == "ddpm" and not hasattr(sde, "num_timesteps"):
@@ -54,3 +55,12 @@ def build_model(config, source):
         importance_sampling=m.get("importance_sampling", False),
         train_eps=m.get("train_eps", 1e-5), num_classes=source.num_classes,
         label_dropout=m.get("label_dropout", 0.1))
+
+
+# config.family -> builder(config, source) -> genjax.core.Model
+FAMILIES = {"score_sde": build_diffusion_model, "ddpm": build_diffusion_model}
+
+
+def build_model(config, source):
+    """The genjax Model a config names, for data from `source`."""
+    return choose("family", config.family, FAMILIES)(config, source)
