@@ -15,6 +15,7 @@ def get_config():
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"
     c.data.batch_size = 64
+    c.data.data_dir = ""                # for data.name = "tfds:<name>" (e.g. tfds:mnist): where it is prepared
 
     c.model = ml_collections.ConfigDict()
     c.model.sde = "vp"                  # vp | subvp | ve | ddpm_linear | ddpm_cosine

@@ -16,7 +16,7 @@ draws its noise from the same key. Two numbers per (sampler, NFE):
   * every sampler: a distribution metric. mix64d: the sliced Wasserstein distance
     (SWD) to exact mixture samples, with the SWD between two exact sample sets as the
     floor. digits: the classifier Fréchet distance (FD) to the test split
-    (`DigitsSource.sample_quality`), with the FD of as many train images as the floor.
+    (`ImageSource.sample_quality`), with the FD of as many train images as the floor.
     Both metrics fluctuate from one sample set to the next (SWD between exact sets
     of 2000 in 64-D: 0.035 to 0.066), so the floor is the mean and std over
     FLOOR_SETS independent data sets: differences within that spread are noise.

@@ -100,20 +100,24 @@ class ToySource:
         return result
 
 
-class DigitsSource:
-    """sklearn's 8x8 digits, 17 levels, dequantized afresh every step into [-1, 1].
+class ImageSource:
+    """Integer images with `num_levels` grey levels, dequantized afresh every step
+    into [-1, 1]: sklearn's 8x8 digits (17 levels) or a prepared TFDS dataset (256).
 
-    Batches are dicts {"x", "label"} for class-conditional models and plain image
-    arrays otherwise. The epoch order is a function of (seed, step).
+    `load_split(split) -> (images_NHWC uint8, labels_N)`. Batches are dicts
+    {"x", "label"} for class-conditional models and plain image arrays otherwise.
+    The epoch order is a function of (seed, step). Sample quality (classifier FD
+    and class accuracy) needs the in-project digits classifier, so digits only.
     """
 
-    num_levels = datasets.DIGITS_LEVELS
-    data_shape = (8, 8, 1)
-
-    def __init__(self, config):
+    def __init__(self, config, load_split, num_levels: int, num_classes: int, has_classifier: bool):
         self.config = config
-        self.num_classes = datasets.DIGITS_CLASSES if config.model.conditional else None
-        self.train_images, self.train_labels = datasets.load_digits("train")
+        self.load_split = load_split
+        self.num_levels = num_levels
+        self.num_classes = num_classes if config.model.conditional else None
+        self.has_classifier = has_classifier
+        self.train_images, self.train_labels = load_split("train")
+        self.data_shape = tuple(self.train_images.shape[1:])
 
     def _batch(self, key, x_int, labels):
         x, _ = images_lib.to_model_space(key, x_int, self.num_levels)
@@ -142,7 +146,7 @@ class DigitsSource:
     def discrete_nll(self, model, params, split, num=None, **ll_kwargs):
         """Per-image bound on -log P(x) of the 17-level data, nats (dequantized ODE NLL),
         for the first `num` images of the split (all when None)."""
-        x_int, _ = datasets.load_digits(split)
+        x_int, _ = self.load_split(split)
         x_int = x_int[:num]
         y, log_volume = images_lib.to_model_space(jax.random.PRNGKey(5), x_int, self.num_levels)
         log_prob = jax.jit(lambda p, k, y: model.log_prob(p, k, y, **ll_kwargs))
@@ -155,9 +159,11 @@ class DigitsSource:
         given the labels the samples were drawn for, the fraction classified as them."""
         from experiments import classifier
 
+        if not self.has_classifier:
+            return {}
         clf = classifier.load_or_train(self.config.eval.classifier_dir)
         levels = np.asarray(images_lib.to_levels(jnp.asarray(samples), self.num_levels))
-        test_int, _ = datasets.load_digits("test")
+        test_int, _ = self.load_split("test")
         result = {"frechet_distance": float(classifier.frechet_distance_to(clf, levels, test_int))}
         if labels is not None:
             _, predicted = classifier.features_and_predictions(clf, levels)
@@ -165,9 +171,10 @@ class DigitsSource:
         return result
 
     def evaluate(self, model, params, workdir, samples=None, heatmap=True):
-        """Test NLL in nats per image and bits/dim; with samples, the Fréchet distance
-        of the digits classifier's features to the test set (and, for a conditional
-        model, the class accuracy of the samples, drawn for labels 0, 1, ..., 9, 0, ...)."""
+        """NLL of the discrete images (nats per image, bits/dim) on config.eval.split;
+        with samples (digits), the Fréchet distance of the digits classifier's
+        features to the test set and, for a conditional model, the class accuracy
+        of the samples, drawn for labels 0, 1, ..., 9, 0, ..."""
         del workdir, heatmap
         ec = self.config.eval
         t0 = time.perf_counter()
@@ -190,13 +197,33 @@ class DigitsSource:
         return result
 
 
-SOURCES = {"toy": ToySource, "digits": DigitsSource}
+def _digits_source(config):
+    return ImageSource(config, datasets.load_digits, datasets.DIGITS_LEVELS,
+                       datasets.DIGITS_CLASSES, has_classifier=True)
+
+
+def _tfds_source(config):
+    """data.name = "tfds:<name>" (e.g. tfds:mnist, tfds:cifar10), read from data.data_dir."""
+    name = config.data.name.split(":", 1)[1]
+    data_dir = config.data.get("data_dir") or None
+    splits = {"train": config.data.get("train_split", "train"),
+              "test": config.data.get("test_split", "test")}
+
+    def load_split(split):
+        return datasets.load_tfds_images(name, splits.get(split, split), data_dir=data_dir)
+
+    return ImageSource(config, load_split, 256, config.data.get("num_classes", 10),
+                       has_classifier=False)
 
 
 def build_source(config):
+    """The data source config.data.name names: a toy density, "digits" or "tfds:<name>"."""
     name = config.data.name
     if name in TOY_DENSITIES:
         return ToySource(config)
     if name == "digits":
-        return DigitsSource(config)
-    raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(TOY_DENSITIES) + ['digits']}")
+        return _digits_source(config)
+    if name.startswith("tfds:"):
+        return _tfds_source(config)
+    raise ValueError(f"unknown dataset {name!r}; expected one of "
+                     f"{sorted(TOY_DENSITIES) + ['digits']} or 'tfds:<name>'")
