@@ -137,6 +137,14 @@ SAMPLER_FIELDS = {
     "dpm_solver": ("num_steps", "order", "eps", "discretization"),
     "edm_heun": ("num_steps", "eps", "discretization"),
     "ancestral": ("num_steps",),
+    # ODE flows (flow matching, CNF): Tsit5 or a fixed-step solver
+    "adaptive": ("rtol", "atol"),
+    "euler": ("num_steps",),
+    "midpoint": ("num_steps",),
+    "heun": ("num_steps",),
+    "rk4": ("num_steps",),
+    # exact flows (RealNVP): x = F^{-1}(T z), sample() takes no method keyword
+    "inverse": ("temperature",),
 }
 
 
@@ -149,6 +157,8 @@ def sampler_kwargs(config):
         kwargs["corrector"] = kwargs["corrector"] or None
     if s.get("guidance", 0.0):
         kwargs["guidance"] = s.guidance
+    if s.method == "inverse":
+        return kwargs
     return dict(method=s.method, **kwargs)
 
 
@@ -161,7 +171,7 @@ def sample(config, workdir: str):
     samples = np.asarray(out[0] if isinstance(out, tuple) else out)
     np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
     exp.source.plot_samples(os.path.join(workdir, "samples.png"), samples,
-                            title=f"{config.model.sde}, {config.sample.method} sampler")
+                            title=f"{config.model.get('sde', config.family)}, {config.sample.method} sampler")
     return samples
 
 

@@ -1,9 +1,12 @@
 """The explicit choices a config can name, and the builders that unpack a config
 into keyword arguments for `genjax` (no config object goes into genjax/)."""
-from experiments.sources import TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
+from experiments.sources import LOG_PROB_FIELDS, TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
 from genjax.diffusion import ddpm
 from genjax.diffusion import model as diffusion_model
 from genjax.diffusion import sde as sde_lib
+from genjax.flows import cnf as cnf_lib
+from genjax.flows import matching as matching_lib
+from genjax.flows import realnvp as realnvp_lib
 from genjax.nn.mlp import TimeMLP
 from genjax.nn.unet import UNet
 
@@ -57,8 +60,53 @@ def build_diffusion_model(config, source):
         label_dropout=m.get("label_dropout", 0.1))
 
 
+def _vector_field_net(config, source):
+    """TimeMLP v(x, t) for the ODE families (unconditional: labels are not used)."""
+    if source.num_classes is not None:
+        raise ValueError(f"family {config.family!r} is unconditional; "
+                         "set model.conditional=False for this dataset")
+    m = config.model
+    return TimeMLP(hidden=tuple(m.hidden), time_embedding=m.time_embedding)
+
+
+def build_flow_matching_model(config, source):
+    """Flow matching on the conditional OT path (Lipman et al. 2023), optionally with
+    mini-batch OT pairing of noise and data (Tong et al. 2023)."""
+    return matching_lib.make_flow_matching_model(
+        _vector_field_net(config, source), data_shape=source.data_shape,
+        path=matching_lib.cond_ot_path(config.model.sigma_min),
+        ot_coupling=config.model.ot_coupling)
+
+
+def build_cnf_model(config, source):
+    """FFJORD continuous normalizing flow trained by maximum likelihood through a
+    fixed-step solver; sample/log_prob use the adaptive solver at config.eval's tolerances."""
+    m, ec = config.model, config.eval
+    return cnf_lib.make_cnf_model(
+        _vector_field_net(config, source), data_shape=source.data_shape,
+        exact_divergence=m.exact_divergence, train_method=m.train_method,
+        train_num_steps=m.train_num_steps, rtol=ec.rtol, atol=ec.atol)
+
+
+def build_realnvp_model(config, source):
+    """RealNVP (affine coupling) or neural spline flow (model.coupling="spline")."""
+    if source.num_classes is not None:
+        raise ValueError("family 'realnvp' is unconditional; set model.conditional=False")
+    m = config.model
+    return realnvp_lib.make_realnvp_model(
+        data_shape=source.data_shape, num_layers=m.num_layers, hidden=tuple(m.hidden),
+        coupling=m.coupling, mixing=m.mixing, num_bins=m.num_bins, bound=m.bound,
+        log_scale_bound=m.log_scale_bound, seed=config.seed)
+
+
 # config.family -> builder(config, source) -> genjax.core.Model
-FAMILIES = {"score_sde": build_diffusion_model, "ddpm": build_diffusion_model}
+FAMILIES = {
+    "score_sde": build_diffusion_model,
+    "ddpm": build_diffusion_model,
+    "flow_matching": build_flow_matching_model,
+    "cnf": build_cnf_model,
+    "realnvp": build_realnvp_model,
+}
 
 
 def build_model(config, source):

@@ -31,8 +31,21 @@ TOY_DENSITIES = {
 _HELD_OUT_STREAM = 7  # key stream for held-out toy data, disjoint from training
 
 
-def _log_likelihood_kwargs(ec):
-    return dict(exact_divergence=ec.exact_divergence, rtol=ec.rtol, atol=ec.atol, eps=ec.eps)
+# the config.eval fields each family's model.log_prob takes as keywords
+# (RealNVP's log-density is exact and solver-free: it takes none)
+LOG_PROB_FIELDS = {
+    "score_sde": ("exact_divergence", "rtol", "atol", "eps"),
+    "ddpm": ("exact_divergence", "rtol", "atol", "eps"),
+    "flow_matching": ("exact_divergence", "rtol", "atol"),
+    "cnf": ("exact_divergence", "rtol", "atol"),
+    "realnvp": (),
+}
+
+
+def _log_likelihood_kwargs(config):
+    if config.family not in LOG_PROB_FIELDS:
+        raise ValueError(f"unknown family {config.family!r}; expected one of {sorted(LOG_PROB_FIELDS)}")
+    return {f: config.eval[f] for f in LOG_PROB_FIELDS[config.family]}
 
 
 class ToySource:
@@ -68,7 +81,7 @@ class ToySource:
         of the samples against exact data, and a learned-density heatmap."""
         ec = self.config.eval
         x = self.held_out(ec.num)
-        ll_kwargs = _log_likelihood_kwargs(ec)
+        ll_kwargs = _log_likelihood_kwargs(self.config)
         log_prob = jax.jit(lambda p, k, x: model.log_prob(p, k, x, **ll_kwargs))
         t0 = time.perf_counter()
         logp = np.asarray(log_prob(params, jax.random.PRNGKey(1), x))
@@ -85,7 +98,9 @@ class ToySource:
             result["sliced_wasserstein"] = float(
                 metrics_lib.sliced_wasserstein(jax.random.PRNGKey(2), jnp.asarray(samples), ref))
         if heatmap:
-            heat_kwargs = dict(ll_kwargs, rtol=ec.heatmap_tol, atol=ec.heatmap_tol)
+            # looser ODE tolerances where the model has a solver
+            heat_kwargs = {k: ec.heatmap_tol if k in ("rtol", "atol") else v
+                           for k, v in ll_kwargs.items()}
             log_prob_heat = jax.jit(lambda p, k, x: model.log_prob(p, k, x, **heat_kwargs))
             lim = 4.5
             grid = np.linspace(-lim, lim, ec.grid_size, dtype=np.float32)
@@ -179,7 +194,7 @@ class ImageSource:
         ec = self.config.eval
         t0 = time.perf_counter()
         nll = self.discrete_nll(model, params, ec.split, num=ec.num or None,
-                                **_log_likelihood_kwargs(ec))
+                                **_log_likelihood_kwargs(self.config))
         dim = math.prod(self.data_shape)
         result = {
             "split": ec.split,
