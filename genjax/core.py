@@ -4,6 +4,7 @@ Each family replaces the intractable density p(x) with something learnable and
 exposes it through the same four pure functions, so one trainer, one ensemble
 driver, one checkpoint format and one evaluation loop serve all of them.
 """
+import operator
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -45,3 +46,16 @@ def check_shape(name: str, array: jax.Array, expected: tuple) -> None:
     if not ok:
         pretty = tuple("N" if e is None else e for e in expected)
         raise ValueError(f"{name} has shape {shape}; expected {pretty}")
+
+
+def check_int(name: str, value, minimum: int = 0) -> int:
+    """`value` as a concrete Python int >= minimum (counts fix static shapes and loop
+    lengths, so a traced or fractional value is an error that names it)."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a Python int >= {minimum}, got {value!r}") from None
+    if n < minimum:
+        raise ValueError(f"{name} must be a Python int >= {minimum}, got {n}")
+    return n
+

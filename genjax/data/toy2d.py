@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from typing import Callable, NamedTuple
 
 import flax.struct
@@ -32,18 +31,14 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
+from genjax.core import check_int
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _check_num(num) -> int:
     """Sample counts fix array shapes, so they must be concrete non-negative ints."""
-    try:
-        n = operator.index(num)
-    except TypeError:
-        raise ValueError(f"num must be a Python int (it sets a static shape), got {num!r}") from None
-    if n < 0:
-        raise ValueError(f"num must be >= 0, got {n}")
-    return n
+    return check_int("num", num, 0)
 
 
 def _check_positive(name: str, value) -> float:

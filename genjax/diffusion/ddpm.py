@@ -16,13 +16,13 @@ Also here: the linear and cosine beta schedules, Ho et al.'s L_simple with eps, 
 or v targets, and DDPM's ancestral sampler (Algorithm 2) for any SDE.
 """
 import dataclasses
-import operator
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax.core import check_int
 from genjax.diffusion.parameterization import eps_from_score_value, v_from_x0_eps_value
 from genjax.diffusion.sde import SDE, broadcast_to_batch, initial_noise
 
@@ -35,13 +35,7 @@ _GRID_TOL = 1e-3
 
 
 def _check_num_timesteps(num_timesteps, name: str = "num_timesteps") -> int:
-    try:
-        n = operator.index(num_timesteps)
-    except TypeError:
-        raise ValueError(f"{name} must be a Python int >= 1, got {num_timesteps!r}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be a Python int >= 1, got {n}")
-    return n
+    return check_int(name, num_timesteps, 1)
 
 
 # ---- schedules --------------------------------------------------------------------------

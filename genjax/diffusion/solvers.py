@@ -39,6 +39,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from genjax.core import check_int
 from genjax.diffusion.parameterization import (  # noqa: F401  (re-exported)
     denoiser_from_score,
     edm_denoiser,
@@ -89,9 +90,9 @@ def _check_choice(kind: str, value, valid):
 
 
 def _check_steps(num_steps, minimum: int = 1) -> int:
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < minimum:
+    if isinstance(num_steps, bool):
         raise ValueError(f"num_steps must be a Python int >= {minimum}, got {num_steps!r}")
-    return num_steps
+    return check_int("num_steps", num_steps, minimum)
 
 
 def time_grid(sde: SDE, num_steps: int, eps: float = 1e-3, discretization: str = "logsnr", rho: float = 7.0):
