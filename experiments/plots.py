@@ -53,3 +53,21 @@ def image_grid(path, grid_HWC, vmax, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def loss_curves(path, curves: dict, title="training loss (mean over seeds, band: min-max)"):
+    """curves: label -> array (seeds, steps)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, losses in curves.items():
+        losses = np.asarray(losses)
+        steps = np.arange(1, losses.shape[1] + 1)
+        line, = ax.plot(steps, losses.mean(0), lw=0.8, label=label)
+        ax.fill_between(steps, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
