@@ -6,6 +6,8 @@ that lists the valid ones.
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -38,19 +40,9 @@ def get_config():
     c.model.hidden = (512, 512, 512)    # mlp only
     c.model.time_embedding = "sinusoidal"
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.learning_rate = 1e-3
-    c.optim.warmup_steps = 200
-    c.optim.schedule = "cosine"
-    c.optim.grad_clip = 1.0
-    c.optim.weight_decay = 0.0
-    c.optim.ema_decay = 0.999
+    c.optim = common.optimizer(learning_rate=1e-3, warmup_steps=200)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 8_000
-    c.train.steps_per_call = 100
-    c.train.checkpoint_every = 1_000
-    c.train.keep_checkpoints = 3
+    c.train = common.training(num_steps=8_000, checkpoint_every=1_000)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num = 100

@@ -5,6 +5,8 @@ result is locked, so a misspelled key is an error that lists the valid ones.
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -27,19 +29,9 @@ def get_config():
     c.model.importance_sampling = True   # t ~ g^2/sigma^2 (only with likelihood_weighting)
     c.model.train_eps = 1e-5
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.learning_rate = 2e-3
-    c.optim.warmup_steps = 500
-    c.optim.schedule = "cosine"         # cosine | linear | constant
-    c.optim.grad_clip = 1.0
-    c.optim.weight_decay = 0.0
-    c.optim.ema_decay = 0.999
+    c.optim = common.optimizer(learning_rate=2e-3, warmup_steps=500)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 6_000
-    c.train.steps_per_call = 100
-    c.train.checkpoint_every = 2_000
-    c.train.keep_checkpoints = 3
+    c.train = common.training(num_steps=6_000, checkpoint_every=2_000)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num = 4_000

@@ -23,7 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import configuration, plots
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
@@ -127,7 +127,10 @@ def to_markdown(rows, keys):
 def main(argv):
     del argv
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
-    sweeps = parse_sweeps(config, _SWEEP.value)
+    try:
+        sweeps = parse_sweeps(config, _SWEEP.value)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     os.makedirs(workdir, exist_ok=True)
     rows, _ = ablate(config, sweeps, _SEEDS.value, _STRATEGY.value)
     keys = list(sweeps)
@@ -145,14 +148,5 @@ def main(argv):
           f"strategy {rows[0]['strategy']}, {sum(programs):.1f} s")
 
 
-def run():
-    try:
-        configuration.check_argv(__import__("sys").argv[1:])
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
-
-
 if __name__ == "__main__":
-    run()
+    main_lib.run(main)

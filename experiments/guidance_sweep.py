@@ -15,7 +15,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
 
@@ -67,5 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    main_lib.run(main)

@@ -212,13 +212,15 @@ def main(argv):
         print(json.dumps(result, indent=2))
 
 
-def run():
+def run(main_fn=main):
+    """Checks --config overrides (naming a bad key and the valid ones), then runs
+    `main_fn` under absl; the entry point of every script built on these flags."""
     try:
         configuration.check_argv(sys.argv[1:])
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main_fn)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""Config sections every experiment shares: the optimizer and the training loop."""
+import ml_collections
+
+
+def optimizer(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
+    """AdamW with global-norm clipping, warmup then a schedule, and an EMA of the weights."""
+    c = ml_collections.ConfigDict()
+    c.learning_rate = learning_rate
+    c.warmup_steps = warmup_steps
+    c.schedule = "cosine"               # cosine | linear | constant
+    c.grad_clip = 1.0
+    c.weight_decay = 0.0
+    c.ema_decay = 0.999
+    return c
+
+
+def training(num_steps: int, checkpoint_every: int, steps_per_call: int = 100) -> ml_collections.ConfigDict:
+    """Steps, steps per compiled call, and checkpoints (the newest 3 are kept)."""
+    c = ml_collections.ConfigDict()
+    c.num_steps = num_steps
+    c.steps_per_call = steps_per_call
+    c.checkpoint_every = checkpoint_every
+    c.keep_checkpoints = 3
+    return c
