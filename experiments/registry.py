@@ -39,6 +39,12 @@ def build_sde(config):
     return choose("sde", config.model.sde, SDES)(config.model)
 
 
+def build_sde_and_net(config, source):
+    """The diffusion SDE and network a config names, for `source`'s data."""
+    net = choose("net", config.model.get("net", "mlp"), NETS)(config.model, source.num_classes)
+    return build_sde(config), net
+
+
 DIFFUSION_OBJECTIVES = {"score_sde": "dsm", "ddpm": "ddpm"}
 
 
@@ -46,8 +52,7 @@ def build_diffusion_model(config, source):
     """Score-SDE (continuous DSM) or DDPM (discrete L_simple) model for `source`'s data."""
     m = config.model
     objective = DIFFUSION_OBJECTIVES[config.family]
-    net = choose("net", m.get("net", "mlp"), NETS)(m, source.num_classes)
-    sde = build_sde(config)
+    sde, net = build_sde_and_net(config, source)
     if objective == "ddpm" and not hasattr(sde, "num_timesteps"):
         raise ValueError(f"family 'ddpm' trains on a discrete schedule; model.sde={m.sde!r} "
                          "is continuous (use ddpm_linear or ddpm_cosine)")

@@ -205,27 +205,16 @@ def mix64d_problem(num: int = DEFAULT_NUM["mix64d"], *, eps: float = 1e-3) -> Pr
 
 
 def digits_score_of(config, source):
-    """params -> the score function `make_diffusion_model` samples with (guidance 0),
-    rebuilt from the config's SDE, net and prediction so that samplers can be called
-    with any of their keywords (model.sample's `method` hides ode_sample's)."""
+    """(sde, params -> score function) exactly as `make_diffusion_model` samples with
+    (guidance 0), so samplers can be called with any of their keywords
+    (model.sample's `method` hides ode_sample's)."""
     from experiments import registry
-    from genjax import guidance as guidance_lib
-    from genjax.diffusion.parameterization import convert_fn
+    from genjax.diffusion.model import make_score_fn
 
-    m = config.model
-    sde = registry.build_sde(config)
-    net = registry.choose("net", m.get("net", "mlp"), registry.NETS)(m, source.num_classes)
-    prediction = m.get("prediction", "eps")  # as registry.build_model passes it
-
-    def score_of(params, labels=None):
-        pred = lambda x, t, y: net.apply(params, x, t, y)
-        if source.num_classes is None:
-            fn = lambda x, t: pred(x, t, None)
-        else:
-            fn = guidance_lib.guided(pred, labels, source.num_classes, 0.0)
-        return convert_fn(sde, fn, source=prediction, target="score")
-
-    return sde, score_of
+    sde, net = registry.build_sde_and_net(config, source)
+    score_fn_of = make_score_fn(sde, net, prediction=config.model.get("prediction", "eps"),
+                                num_classes=source.num_classes)
+    return sde, lambda params, labels=None: score_fn_of(params, labels)
 
 
 def digits_problem(config, workdir: str, num: int = DEFAULT_NUM["digits"]) -> Problem:

@@ -16,6 +16,7 @@ Class-conditional models (num_classes set) drop labels with probability
 `label_dropout` during training and sample with classifier-free guidance
 (Ho & Salimans 2021) through `genjax.guidance`.
 """
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -53,6 +54,35 @@ def split_batch(batch, conditional: bool):
     return batch, None
 
 
+def _pred_fn(net, params, key=None):
+    """pred(x, t, labels) of the network; dropout is active only when a key is given."""
+
+    def pred(x, t, labels):
+        if key is None:
+            return net.apply(params, x, t, labels)
+        return net.apply(params, x, t, labels, train=True, rngs={"dropout": key})
+
+    return pred
+
+
+def make_score_fn(sde: SDE, net: nn.Module, *, prediction: str, num_classes: int | None = None):
+    """score_fn_of(params, labels=None, guidance=0.0) -> score_fn(x, t): the network's
+    `prediction` read as a score, guided (Ho & Salimans 2021) on a conditional net.
+    What every sampler and the likelihood of `make_diffusion_model` call."""
+    _check_choice("prediction", prediction, PARAMETERIZATIONS)
+
+    def score_fn_of(params, labels=None, guidance=0.0):
+        guidance_lib.check_guidance(guidance, num_classes)
+        pred = _pred_fn(net, params)
+        if num_classes is not None:
+            fn = guidance_lib.guided(pred, labels, num_classes, guidance)
+        else:
+            fn = lambda x, t: pred(x, t, None)
+        return convert_fn(sde, fn, source=prediction, target="score")
+
+    return score_fn_of
+
+
 def make_diffusion_model(
     sde: SDE,
     net: nn.Module,
@@ -85,24 +115,8 @@ def make_diffusion_model(
     conditional = num_classes is not None
     null_label = num_classes
 
-    def pred_fn_of(params, key=None):
-        """pred(x, t, labels); dropout is active only when a key is given."""
-
-        def pred(x, t, labels):
-            if key is None:
-                return net.apply(params, x, t, labels)
-            return net.apply(params, x, t, labels, train=True, rngs={"dropout": key})
-
-        return pred
-
-    def score_fn_of(params, labels=None, guidance=0.0):
-        guidance_lib.check_guidance(guidance, num_classes)
-        pred = pred_fn_of(params)
-        if conditional:
-            fn = guidance_lib.guided(pred, labels, null_label, guidance)
-        else:
-            fn = lambda x, t: pred(x, t, None)
-        return convert_fn(sde, fn, source=prediction, target="score")
+    pred_fn_of = functools.partial(_pred_fn, net)
+    score_fn_of = make_score_fn(sde, net, prediction=prediction, num_classes=num_classes)
 
     def init(key, batch):
         x, labels = split_batch(batch, conditional)
