@@ -1,0 +1,180 @@
+"""The scaling study glue: a tiny sweep trains, records N, D, C and the validation
+loss, resumes from its results file, and fits and plots through the whole path.
+
+The fitter itself (recovery of known laws, the published Chinchilla exponents,
+bootstrap coverage) is tested in tests/test_scaling.py; here the glue must hand
+it the right runs.
+"""
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import scaling_stdlib
+from experiments import scaling as study_lib
+from genjax import scaling
+
+LN_256 = math.log(256.0)  # nats/byte of the uniform byte model
+
+
+def tiny_config():
+    c = scaling_stdlib.get_config()
+    c.unlock()
+    c.model.sizes = ((1, 8, 2), (2, 16, 2))
+    c.data.batch_size = 4
+    c.data.seq_len = 8
+    c.data.eval_windows = 20
+    c.train.tokens = (32, 64, 128)  # 1, 2 and 4 steps of 4 x 8 tokens
+    c.train.steps_per_call = 4
+    c.optim.learning_rate = 1e-2
+    c.fit.grid = "small"
+    c.fit.bootstrap_samples = 8
+    return c
+
+
+def tiny_corpus():
+    # Skewed, repetitive bytes: a few steps already beat the uniform model.
+    code = b"def add(x, y):\n    return x + y\n\n"
+    return {"train": np.frombuffer(code * 300, np.uint8),
+            "validation": np.frombuffer(code.replace(b"add", b"sum") * 20, np.uint8)}
+
+
+def non_embedding_params(num_layers, d):
+    # Per block: 2 LayerNorms (4d), qkv (3d^2 + 3d), out (d^2 + d), fc (4d^2 + 4d),
+    # proj (4d^2 + d); plus the final LayerNorm (2d). Kaplan et al. 2020 drop the
+    # token, position and unembedding matrices.
+    return num_layers * (12 * d * d + 13 * d) + 2 * d
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("scaling"))
+    config = tiny_config()
+    records, fits, table = study_lib.study(config, workdir, corpus=tiny_corpus(), log=lambda s: None)
+    return config, workdir, records, fits, table
+
+
+def test_runs_record_n_d_c_and_loss(swept):
+    config, workdir, records, _, _ = swept
+    assert len(records) == 6
+    B, T = config.data.batch_size, config.data.seq_len
+    for r in records:
+        s = r["spec"]
+        N = non_embedding_params(s["num_layers"], s["d_model"])
+        assert r["N"] == N
+        assert r["N_total"] == N + (2 * 256 + T) * s["d_model"]  # embed, unembed, positions
+        assert r["D"] == s["tokens"] == s["steps"] * B * T
+        assert r["C"] == 6 * N * r["D"]
+        assert r["C_attn"] == (6 * N + 6 * s["num_layers"] * T * s["d_model"]) * r["D"]
+        assert r["val_bits_per_byte"] == pytest.approx(r["val_loss"] / math.log(2), rel=1e-12)
+        # Trained models beat the uniform byte model on the held-out text.
+        assert r["val_loss"] < LN_256
+    # Cheapest run first, and the file holds every run.
+    assert [r["C"] for r in records] == sorted(r["C"] for r in records)
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert sorted(saved["sweep"]) == sorted(r["name"] for r in records)
+
+
+def test_sweep_resumes_and_retrains_only_missing_runs(swept, tmp_path, monkeypatch):
+    config, workdir, records, _, _ = swept
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    dropped = records[3]["name"]
+    saved["runs"] = [r for r in saved["runs"] if r["name"] != dropped]
+    with open(tmp_path / "results.json", "w") as f:
+        json.dump(saved, f)
+    trained = []
+    real_train_run = study_lib.train_run
+
+    def counting_train_run(spec, *args, **kwargs):
+        trained.append(spec["name"])
+        return real_train_run(spec, *args, **kwargs)
+
+    monkeypatch.setattr(study_lib, "train_run", counting_train_run)
+    again = study_lib.sweep(config, str(tmp_path), corpus=tiny_corpus(), log=lambda s: None)
+    assert trained == [dropped]
+    # Same seed, same data order, same program: the retrained run is the same run.
+    assert again[3]["val_loss"] == records[3]["val_loss"]
+    # A changed setting is a different run: it is retrained, not reused.
+    trained.clear()
+    changed = tiny_config()
+    changed.optim.learning_rate = 5e-3
+    changed.model.sizes = ((1, 8, 2),)
+    changed.train.tokens = (32,)
+    study_lib.sweep(changed, str(tmp_path), corpus=tiny_corpus(), log=lambda s: None)
+    assert trained == ["L1_d8_D32"]
+
+
+def test_fit_outputs_and_fit_only(swept):
+    config, workdir, records, fits, table = swept
+    for name in ("results.json", "results.md", "loss_vs_compute.png", "frontier.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    ch = fits["chinchilla"]
+    for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        assert ch["low"][name] <= ch["high"][name], name
+        assert f"| {name} |" in table
+    assert len(ch["samples"]["alpha"]) == config.fit.bootstrap_samples
+    # Frontier spends its budget: 6 N_opt D_opt = C.
+    fr = fits["frontier"]
+    np.testing.assert_allclose(6 * np.multiply(fr["N_opt"], fr["D_opt"]), fr["C"], rtol=1e-5)
+    assert fr["a"] == pytest.approx(ch["params"]["beta"] / (ch["params"]["alpha"] + ch["params"]["beta"]))
+    # --fit-only refits the recorded runs to the same numbers.
+    _, refits, _ = study_lib.study(config, workdir, fit_only=True, log=lambda s: None)
+    assert refits["chinchilla"]["params"] == ch["params"]
+    assert refits["chinchilla"]["low"] == ch["low"]
+
+
+def test_glue_fits_recover_a_known_law():
+    # Runs whose losses follow a known law exactly: the Chinchilla fit must find
+    # it, and the Kaplan fits must use the right runs: L(N) at the largest D is
+    # then exactly E + B / D_max^beta + A / N^alpha, an offset power law.
+    law = scaling.ChinchillaLaw(E=1.8, A=300.0, B=500.0, alpha=0.35, beta=0.3)
+    N_values, D_values = np.geomspace(1e6, 1e9, 4), np.geomspace(1e8, 1e11, 4)
+    records = [{"N": float(N), "D": float(D), "val_loss": float(scaling.chinchilla_loss(law, N, D))}
+               for N in N_values for D in D_values]
+    config = tiny_config()
+    fits = study_lib.fit_records(records, config.fit)
+    p = fits["chinchilla"]["params"]
+    # Noise-free data: the optimum is the truth up to float32 L-BFGS tolerance.
+    assert p["alpha"] == pytest.approx(0.35, rel=1e-2)
+    assert p["beta"] == pytest.approx(0.3, rel=1e-2)
+    assert p["E"] == pytest.approx(1.8, rel=1e-2)
+    at_D = fits["kaplan"]["L(N)"]
+    assert at_D["D"] == D_values[-1]
+    # Iterative offset fit stopped at float32 rounding (see test_scaling): 1e-4.
+    assert at_D["offset"]["alpha"] == pytest.approx(0.35, rel=1e-4)
+    assert at_D["offset"]["E"] == pytest.approx(1.8 + 500.0 / D_values[-1] ** 0.3, rel=1e-4)
+    at_N = fits["kaplan"]["L(D)"]
+    assert at_N["offset"]["alpha"] == pytest.approx(0.3, rel=1e-4)
+    assert at_N["offset"]["E"] == pytest.approx(1.8 + 300.0 / N_values[-1] ** 0.35, rel=1e-4)
+
+
+def test_compute_envelope_keeps_runs_no_cheaper_run_beats():
+    C = np.array([4.0, 1.0, 3.0, 2.0, 5.0])
+    L = np.array([2.0, 3.0, 2.5, 3.1, 2.2])
+    # In order of C: 3.0 (kept), 3.1 (beaten), 2.5, 2.0 (kept), 2.2 (beaten).
+    np.testing.assert_array_equal(study_lib.compute_envelope(C, L), [1, 2, 0])
+
+
+def test_bad_config_values_raise():
+    config = tiny_config()
+    config.train.tokens = (32, 40)
+    with pytest.raises(ValueError, match=r"train.tokens holds 40; expected a positive multiple of .* = 32"):
+        study_lib.run_specs(config)
+    config = tiny_config()
+    config.model.sizes = ((1, 10, 3),)
+    with pytest.raises(ValueError, match="d_model must be a multiple of num_heads"):
+        study_lib.run_specs(config)
+    with pytest.raises(ValueError, match="data.eval_windows is 50; the validation split has only 7"):
+        study_lib.validation_windows(np.zeros(60, np.uint8), 8, 50)
+    config = tiny_config()
+    config.fit.grid = "huge"
+    records = [{"N": 1e6 * (i + 1), "D": 1e8, "val_loss": 3.0 - 0.1 * i} for i in range(5)]
+    with pytest.raises(ValueError, match="fit.grid is 'huge'"):
+        study_lib.fit_records(records, config.fit)
+    with pytest.raises(ValueError, match="preset is 'big'"):
+        scaling_stdlib.get_config("big")
