@@ -58,7 +58,8 @@ class Experiment:
         """jit(train_fn), or on CPU for convolutional nets the same steps one jitted
         step at a time (`train.host_loop`: XLA:CPU runs conv gradients in loops slowly)."""
         spc = self.config.train.steps_per_call
-        if jax.default_backend() == "cpu" and self.config.model.get("net", "mlp") == "unet":
+        convolutional = self.config.model.get("net", "mlp") == "unet" or self.config.family == "glow"
+        if jax.default_backend() == "cpu" and convolutional:
             one = jax.jit(self.train_fn(mesh, steps_per_call=1, unroll=True), donate_argnums=0)
             return train_lib.host_loop(one, spc)
         return jax.jit(self.train_fn(mesh), donate_argnums=0)

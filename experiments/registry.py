@@ -1,6 +1,7 @@
 """The explicit choices a config can name, and the builders that unpack a config
 into keyword arguments for `genjax` (no config object goes into genjax/)."""
 from experiments.sources import LOG_PROB_FIELDS, TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
+from experiments import text_source
 from genjax.diffusion import ddpm
 from genjax.diffusion import model as diffusion_model
 from genjax.diffusion import sde as sde_lib
@@ -76,11 +77,16 @@ def _vector_field_net(config, source):
 
 def build_flow_matching_model(config, source):
     """Flow matching on the conditional OT path (Lipman et al. 2023), optionally with
-    mini-batch OT pairing of noise and data (Tong et al. 2023)."""
+    mini-batch OT pairing of noise and data (Tong et al. 2023). The velocity net is
+    model.net (mlp | unet); class-conditional with label dropout and classifier-free
+    guidance when the source has classes (model.conditional on images)."""
+    m = config.model
+    net = choose("net", m.get("net", "mlp"), NETS)(m, source.num_classes)
     return matching_lib.make_flow_matching_model(
-        _vector_field_net(config, source), data_shape=source.data_shape,
-        path=matching_lib.cond_ot_path(config.model.sigma_min),
-        ot_coupling=config.model.ot_coupling)
+        net, data_shape=source.data_shape,
+        path=matching_lib.cond_ot_path(m.sigma_min),
+        ot_coupling=m.ot_coupling, num_classes=source.num_classes,
+        label_dropout=m.get("label_dropout", 0.1))
 
 
 def build_cnf_model(config, source):
@@ -90,7 +96,8 @@ def build_cnf_model(config, source):
     return cnf_lib.make_cnf_model(
         _vector_field_net(config, source), data_shape=source.data_shape,
         exact_divergence=m.exact_divergence, train_method=m.train_method,
-        train_num_steps=m.train_num_steps, rtol=ec.rtol, atol=ec.atol)
+        train_num_steps=m.train_num_steps, rtol=ec.rtol, atol=ec.atol,
+        kinetic_weight=m.kinetic_weight, jacobian_weight=m.jacobian_weight)
 
 
 def build_realnvp_model(config, source):
@@ -104,6 +111,22 @@ def build_realnvp_model(config, source):
         log_scale_bound=m.log_scale_bound, seed=config.seed)
 
 
+def build_glow_model(config, source):
+    """Multi-scale Glow (Kingma & Dhariwal 2018) on images in [-1, 1]: rescaled to
+    [0, 1] and logit-transformed inside the flow, so log_prob is the density of the
+    dequantized images in model space (the convention of the diffusion NLL)."""
+    if source.num_classes is not None:
+        raise ValueError("family 'glow' is unconditional; set model.conditional=False")
+    if len(source.data_shape) != 3:
+        raise ValueError(f"family 'glow' models images (H, W, C); data {config.data.name!r} "
+                         f"has shape {source.data_shape}")
+    m = config.model
+    return realnvp_lib.make_glow_model(
+        data_shape=source.data_shape, num_scales=m.num_scales, steps_per_scale=m.steps_per_scale,
+        hidden=tuple(m.hidden), log_scale_bound=m.log_scale_bound, logit_alpha=m.logit_alpha,
+        data_range=(-1.0, 1.0))
+
+
 # config.family -> builder(config, source) -> genjax.core.Model
 FAMILIES = {
     "score_sde": build_diffusion_model,
@@ -111,6 +134,8 @@ FAMILIES = {
     "flow_matching": build_flow_matching_model,
     "cnf": build_cnf_model,
     "realnvp": build_realnvp_model,
+    "glow": build_glow_model,
+    "lm": text_source.build_lm_model,
 }
 
 

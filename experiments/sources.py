@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import datasets, plots
+from experiments import datasets, plots, text_source
 from genjax import metrics as metrics_lib
 from genjax.data import images as images_lib
 from genjax.data import toy2d
@@ -39,6 +39,7 @@ LOG_PROB_FIELDS = {
     "flow_matching": ("exact_divergence", "rtol", "atol"),
     "cnf": ("exact_divergence", "rtol", "atol"),
     "realnvp": (),
+    "glow": (),
 }
 
 
@@ -234,6 +235,8 @@ def _tfds_source(config):
 def build_source(config):
     """The data source config.data.name names: a toy density, "digits" or "tfds:<name>"."""
     name = config.data.name
+    if config.get("family") == "lm":  # byte-level text: "stdlib" or "tfds:<name>"
+        return text_source.TextSource(config)
     if name in TOY_DENSITIES:
         return ToySource(config)
     if name == "digits":

@@ -279,3 +279,103 @@ def test_paired_model_trains_on_fixed_pairs():
     assert optax.tree.norm(grads) > 0
     with pytest.raises(ValueError, match="noise x0"):
         model.loss(params, jax.random.PRNGKey(19), (x0[:, :1], pairs[1]))
+
+
+# ----------------------------------------------------------------------------- labels and guidance
+
+NUM_CLASSES = 3
+
+
+def _conditional_model(label_dropout=0.1):
+    net = TimeMLP(hidden=(16,), num_classes=NUM_CLASSES)
+    return net, matching.make_flow_matching_model(
+        net, data_shape=(2,), num_classes=NUM_CLASSES, label_dropout=label_dropout)
+
+
+def _conditional_params(net, model):
+    """Parameters moved off the zero-initialised output layer, so v depends on x, t and c."""
+    from flow_testing import perturb
+
+    batch = {"x": jnp.zeros((4, 2)), "label": jnp.arange(4) % NUM_CLASSES}
+    init = jax.jit(lambda k: perturb(model.init(k, batch), jax.random.PRNGKey(21), 0.5))
+    return init(jax.random.PRNGKey(20))
+
+
+def test_labels_change_the_velocity_and_guidance_mixes_it():
+    net, model = _conditional_model()
+    params = _conditional_params(net, model)
+    x0 = jax.random.normal(jax.random.PRNGKey(22), (6, 2))
+    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    null = jnp.full((6,), NUM_CLASSES)
+
+    @jax.jit
+    def run(params):
+        t0 = jnp.zeros((6,))
+        v = lambda c: net.apply(params, x0, t0, c)
+        # One Euler step from t = 0 moves x0 by exactly v(x0, 0): the sampler's velocity.
+        step = lambda **kw: model.sample(params, None, 6, method="euler", num_steps=1, x_init=x0, **kw) - x0
+        guided = {w: step(labels=labels, guidance=w) for w in (0.0, 0.5, 2.0)}
+        logp = lambda **kw: model.log_prob(params, None, x0, method="rk4", num_steps=4, **kw)
+        return (v(labels), v(null), v((labels + 1) % NUM_CLASSES), guided, step(),
+                logp(), logp(labels=null), logp(labels=labels))
+
+    v_c, v_u, v_other, guided, default, logp_null, logp_null_explicit, logp_c = run(params)
+    # Another class gives another velocity (a label-blind net would give equal rows).
+    assert float(jnp.min(jnp.abs(v_c - v_other).sum(1))) > 1e-3
+    np.testing.assert_allclose(guided[0.0], v_c, rtol=1e-5, atol=1e-6)
+    for w in (0.5, 2.0):
+        np.testing.assert_allclose(guided[w], (1 + w) * v_c - w * v_u, rtol=1e-5, atol=1e-5)
+    # Default labels cycle through the classes; log_prob without labels is the null model.
+    np.testing.assert_allclose(default, v_c, atol=1e-6)
+    np.testing.assert_allclose(logp_null, logp_null_explicit, rtol=1e-6)
+    assert float(jnp.max(jnp.abs(logp_c - logp_null))) > 1e-4
+
+
+def test_label_dropout_replaces_labels_by_the_null_label():
+    net, _ = _conditional_model()
+    _, always = _conditional_model(label_dropout=1.0)
+    _, never = _conditional_model(label_dropout=0.0)
+    params = _conditional_params(net, never)
+    x = jax.random.normal(jax.random.PRNGKey(23), (64, 2))
+    labels = jnp.arange(64) % NUM_CLASSES
+    null = jnp.full((64,), NUM_CLASSES)
+    key = jax.random.PRNGKey(24)
+
+    @jax.jit
+    def run(params):
+        loss = lambda m, c: m.loss(params, key, {"x": x, "label": c})[0]
+        grad = lambda m: jax.grad(lambda p: m.loss(p, key, {"x": x, "label": labels})[0])(params)
+        return (loss(always, labels), loss(never, null), loss(never, labels),
+                grad(never)["params"]["class_embedding"]["embedding"],
+                grad(always)["params"]["class_embedding"]["embedding"])
+
+    dropped, null_loss, kept_loss, grad_kept, grad_dropped = run(params)
+    # Same key, same noise and times: dropout 1 is the loss with every label null.
+    np.testing.assert_allclose(dropped, null_loss, rtol=1e-6)
+    assert abs(float(dropped - kept_loss)) > 1e-4
+    # The class rows of the embedding get gradient only from labels that were kept.
+    assert float(jnp.abs(grad_kept[:NUM_CLASSES]).sum()) > 0
+    assert float(jnp.abs(grad_dropped[:NUM_CLASSES]).sum()) == 0.0
+
+
+def test_conditional_model_bad_inputs():
+    net, model = _conditional_model()
+    params = _conditional_params(net, model)
+    x = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match="needs batches"):
+        model.loss(params, jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="'x' and 'label'"):
+        model.loss(params, jax.random.PRNGKey(0), {"x": x})
+    with pytest.raises(ValueError, match=r"\(2,\).*\(4, 3\)"):
+        model.loss(params, jax.random.PRNGKey(0), {"x": jnp.zeros((4, 3)), "label": jnp.zeros(4, int)})
+    with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
+        model.sample(params, jax.random.PRNGKey(0), 4, guidance=-1.0)
+    with pytest.raises(ValueError, match="batch 4 but 3 labels"):
+        model.sample(params, jax.random.PRNGKey(0), 4, method="euler", num_steps=1,
+                     labels=jnp.zeros(3, int), guidance=1.0)
+    unconditional = matching.make_flow_matching_model(TimeMLP(hidden=(8,)), data_shape=(2,))
+    uparams = unconditional.init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        unconditional.sample(uparams, jax.random.PRNGKey(0), 4, guidance=1.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        matching.make_flow_matching_model(TimeMLP(hidden=(8,)), data_shape=(2,), num_classes=0)

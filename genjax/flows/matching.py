@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from genjax import guidance as guidance_lib
 from genjax import integrate
 from genjax.core import Model
 from genjax.flows.bijectors import check_event_shape
@@ -380,6 +381,17 @@ def reflow_pairs(key, velocity_fn: Callable, num: int, shape, **solver_kwargs):
 # ----------------------------------------------------------------------------- model
 
 
+def split_batch(batch, conditional: bool):
+    """(x, labels) from a batch: an array, or a dict with "x" and (if conditional) "label"."""
+    if isinstance(batch, dict):
+        if conditional and "label" not in batch:
+            raise ValueError(f"a class-conditional batch needs keys 'x' and 'label'; got {sorted(batch)}")
+        return batch["x"], (batch["label"] if conditional else None)
+    if conditional:
+        raise ValueError("a class-conditional flow matching model needs batches {'x': ..., 'label': ...}")
+    return batch, None
+
+
 def make_flow_matching_model(
     net,
     *,
@@ -387,60 +399,114 @@ def make_flow_matching_model(
     path: AffinePath | None = None,
     ot_coupling: bool = False,
     paired: bool = False,
+    num_classes: int | None = None,
+    label_dropout: float = 0.1,
 ) -> Model:
-    """A flow matching model whose `net.apply(params, x, t)` is the velocity field.
+    """A flow matching model whose network is the velocity field.
+
+    The network is called as `net.apply(params, x, t, labels)` (labels None for an
+    unconditional model), and in the loss with `train=True, rngs={"dropout": key}`,
+    the signature of `genjax.nn` nets (TimeMLP, UNet) shared with the diffusion model.
 
     path: the probability path (default: conditional OT, `cond_ot_path()`).
     ot_coupling: pair noise and data by mini-batch OT (Tong et al. 2023).
     paired: the batch is a pair (x0, x1) of fixed noise and data, e.g. from
       `reflow_pairs` (rectified flow's reflow; `ot_coupling` is then ignored).
+    num_classes: a class-conditional model v(x, t, c) (Zheng et al. 2023, "Guided
+      flows"): batches are dicts {"x", "label"}; each label is replaced by the null
+      label `num_classes` with probability `label_dropout` in the loss
+      (`genjax.guidance.drop_labels`, Ho & Salimans 2021), so the same net also
+      learns the unconditional field. The velocity of the affine Gaussian path is
+      affine in the score at fixed (x, t), so classifier-free guidance mixes
+      velocities (`genjax.guidance.guided`): v_w = (1 + w) v(x, t, c) - w v(x, t, null).
 
     loss: mean over the batch of the per-example loss (see `flow_matching_loss`).
-    sample(params, key, num, method="adaptive", num_steps=None, **kw): samples only
-      (`ode_sample` also returns the NFE).
-    log_prob(params, key, x, **kw): the exact log-likelihood of the ODE model in
-      nats (exact divergence by default; keywords of `log_likelihood`).
+    sample(params, key, num, method="adaptive", num_steps=None, labels=None,
+      guidance=0.0, **kw): samples only (`ode_sample` also returns the NFE).
+      On a conditional model labels default to 0, 1, ..., K-1, 0, ... and guidance
+      is the weight w (0 = plain conditional).
+    log_prob(params, key, x, labels=None, **kw): the exact log-likelihood of the ODE
+      model in nats (exact divergence by default; keywords of `log_likelihood`), of
+      the guided field with given labels (a density only at w = 0), else of the
+      unconditional (null-label) field. x is an array (a dict batch is accepted).
     """
     data_shape = tuple(int(d) for d in data_shape)
     path = cond_ot_path() if path is None else path
     coupling = minibatch_ot_coupling if ot_coupling else None
+    conditional = num_classes is not None
+    if conditional and paired:
+        raise ValueError("make_flow_matching_model: paired=True (reflow) is unconditional; "
+                         f"got num_classes={num_classes!r}")
+    guidance_lib.check_guidance(0.0, num_classes)  # validates num_classes
+    null_label = num_classes
 
     def check(x, what="flow matching batch"):
         check_event_shape(f"{what} (data_shape={data_shape})", x, data_shape)
 
-    def velocity_of(params):
-        return lambda x, t: net.apply(params, x, t)
+    def pred_of(params, key=None):
+        """pred(x, t, labels); dropout is active only when a key is given."""
+
+        def pred(x, t, labels):
+            if key is None:
+                return net.apply(params, x, t, labels)
+            return net.apply(params, x, t, labels, train=True, rngs={"dropout": key})
+
+        return pred
+
+    def velocity_of(params, labels=None, guidance=0.0):
+        """v(x, t): plain, or guided (Ho & Salimans 2021, eq. 6) on a conditional model."""
+        guidance_lib.check_guidance(guidance, num_classes)
+        pred = pred_of(params)
+        if not conditional:
+            return lambda x, t: pred(x, t, None)
+        if labels is None:
+            raise ValueError("a class-conditional velocity needs labels (the null label "
+                             f"{null_label} gives the unconditional field)")
+        return guidance_lib.guided(pred, labels, null_label, guidance)
 
     def data_of(batch):
         if paired:
             x0, x1 = batch
             check(x0, "flow matching noise x0")
             check(x1, "flow matching data x1")
-            return x1
-        check(batch)
-        return batch
+            return x1, None
+        x, labels = split_batch(batch, conditional)
+        check(x)
+        return x, labels
 
     def init(key, batch):
-        x = data_of(batch)
-        return net.init(key, x, jnp.zeros((x.shape[0],), x.dtype))
+        x, labels = data_of(batch)
+        return net.init(key, x, jnp.zeros((x.shape[0],), x.dtype), labels)
 
     def loss(params, key, batch):
-        x1 = data_of(batch)
+        x1, labels = data_of(batch)
+        loss_key, drop_key, net_key = jax.random.split(key, 3)
+        if conditional:
+            labels = guidance_lib.drop_labels(drop_key, labels, null_label, label_dropout)
+        pred = pred_of(params, net_key)
+        v = lambda x, t: pred(x, t, labels)
         if paired:
-            per_example = paired_flow_matching_loss(key, path, velocity_of(params), batch[0], x1)
+            per_example = paired_flow_matching_loss(loss_key, path, v, batch[0], x1)
         else:
-            per_example = flow_matching_loss(key, path, velocity_of(params), x1, coupling)
+            per_example = flow_matching_loss(loss_key, path, v, x1, coupling)
         value = jnp.mean(per_example)
         return value, {"fm_loss": value}
 
-    def sample(params, key, num, method="adaptive", num_steps=None, **kwargs):
-        x, _ = ode_sample(key, velocity_of(params), (num,) + data_shape,
+    def sample(params, key, num, method="adaptive", num_steps=None, labels=None, guidance=0.0,
+               **kwargs):
+        if conditional and labels is None:
+            labels = jnp.arange(num, dtype=jnp.int32) % num_classes
+        x, _ = ode_sample(key, velocity_of(params, labels, guidance), (num,) + data_shape,
                           method=method, num_steps=num_steps, **kwargs)
         return x
 
-    def log_prob(params, key, x, **kwargs):
+    def log_prob(params, key, x, labels=None, guidance=0.0, **kwargs):
+        if isinstance(x, dict):
+            x = x["x"]
         check(x)
-        logp, _ = log_likelihood(key, velocity_of(params), x, **kwargs)
+        if conditional and labels is None:
+            labels = jnp.full((x.shape[0],), null_label, jnp.int32)
+        logp, _ = log_likelihood(key, velocity_of(params, labels, guidance), x, **kwargs)
         return logp
 
     return Model(init=init, loss=loss, sample=sample, log_prob=log_prob)

@@ -17,6 +17,7 @@ do both.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -190,6 +191,33 @@ class MultiScaleFlow(nn.Module):
         return self.forward_and_log_det(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class UnitInterval:
+    """The affine map of [low, high] onto [0, 1], y = (x - low) / (high - low),
+    so that `Logit` can follow it for data in another range (e.g. [-1, 1]).
+    log|det| = -D log(high - low) with D the event size."""
+
+    event_shape: tuple[int, ...]
+    low: float = -1.0
+    high: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "event_shape", _event(self.event_shape))
+        if not self.high > self.low:
+            raise ValueError(f"UnitInterval: need low < high; got low={self.low}, high={self.high}")
+
+    def _log_det(self, x):
+        return jnp.full(x.shape[:1], -math.prod(self.event_shape) * math.log(self.high - self.low), x.dtype)
+
+    def forward_and_log_det(self, x):
+        check_event_shape("UnitInterval", x, self.event_shape)
+        return (x - self.low) / (self.high - self.low), self._log_det(x)
+
+    def inverse_and_log_det(self, y):
+        check_event_shape("UnitInterval", y, self.event_shape)
+        return self.low + (self.high - self.low) * y, -self._log_det(y)
+
+
 def glow_bijection(
     *,
     data_shape,
@@ -198,11 +226,16 @@ def glow_bijection(
     hidden: Sequence[int],
     log_scale_bound: float = 3.0,
     logit_alpha: float | None = None,
+    data_range: tuple[float, float] | None = None,
 ) -> MultiScaleFlow:
     """Glow (Kingma & Dhariwal 2018): `num_scales` scales of squeeze ->
     [ActNorm, invertible 1x1 conv, affine coupling] x `steps_per_scale` -> split,
     with conv conditioners of widths `hidden`. data_shape = (H, W, C) with H and W
-    divisible by 2^num_scales. `logit_alpha` prepends `Logit(alpha)` for data in [0, 1].
+    divisible by 2^num_scales. `logit_alpha` prepends `Logit(alpha)` for data in
+    [0, 1]; `data_range=(low, high)` prepends `UnitInterval(low, high)` before it,
+    for data in [low, high] (e.g. (-1, 1) for dequantized images in model space).
+    Every pre-processing log-det is part of the flow's, so log_prob is the density
+    of the data in its own space.
     """
     event = _event(data_shape)
     if len(event) != 3:
@@ -228,8 +261,16 @@ def glow_bijection(
                 AffineCoupling(squeezed, hidden=tuple(hidden), log_scale_bound=log_scale_bound),
             ]
         scales.append(Chain(tuple(steps)))
-    preprocess = () if logit_alpha is None else (Logit(event, logit_alpha),)
-    return MultiScaleFlow(event, tuple(scales), preprocess)
+    preprocess: list[Any] = []
+    if data_range is not None:
+        if logit_alpha is None:
+            raise ValueError(f"glow_bijection: data_range={data_range!r} rescales the data for the "
+                             "logit pre-processing; set logit_alpha too")
+        low, high = data_range
+        preprocess.append(UnitInterval(event, float(low), float(high)))
+    if logit_alpha is not None:
+        preprocess.append(Logit(event, logit_alpha))
+    return MultiScaleFlow(event, tuple(scales), tuple(preprocess))
 
 
 # ----------------------------------------------------------------------------- models
