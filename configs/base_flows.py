@@ -28,8 +28,8 @@ def get_config(family: str):
         c.model.exact_divergence = True  # exact trace in the training loss (D = 2)
         c.model.train_method = "rk4"    # fixed-step solver the loss backpropagates through
         c.model.train_num_steps = 8
-        c.model.kinetic_weight = 0.01   # RNODE (Finlay et al. 2020): keeps the fixed-step
-        c.model.jacobian_weight = 0.01  # training solve honest; 0 lets RK4(8) be exploited
+        c.model.kinetic_weight = 0.1    # RNODE (Finlay et al. 2020): keeps the fixed-step
+        c.model.jacobian_weight = 0.1   # training solve honest (0.01 still let RK4(8) be exploited)
     elif family == "realnvp":
         c.model.coupling = "spline"     # affine | spline
         c.model.num_layers = 8

@@ -7,7 +7,7 @@ def get_config():
     config = base_flows.get_config("cnf")
     config.model.hidden = (64, 64, 64)
     config.data.batch_size = 512
-    config.train.num_steps = 4_000
+    config.train.num_steps = 3_000
     config.train.checkpoint_every = 1_000
     config.lock()
     return config
