@@ -1,0 +1,343 @@
+"""Rectified flow on 2D toy data (Liu et al. 2023): base flow, one reflow round,
+one-step distillation, and how many Euler steps each needs.
+
+    python -m experiments.reflow --config=configs/toy_reflow.py --workdir=runs/reflow \
+        [--config.data.name=eight_gaussians|checkerboard|two_moons|...] \
+        [--base_workdir=runs/fm_eight_gaussians]
+
+Stages (each one loads its checkpoint from the workdir if it is complete, so a
+rerun only evaluates):
+
+1. base: flow matching on independent pairs (the 1-rectified flow), trained by
+   experiments.main's `train` in --base_workdir (default <workdir>/base). An
+   existing run is reused only if its config.json agrees with this config on the
+   base fields (seed, family, data, model, optim, train);
+2. reflow: `reflow.num_pairs` pairs (x0, ODE_base(x0)) solved with
+   reflow.pair_method, and the net trained on them from the base weights (2-rectified flow);
+3. distill: the one-step map x1 = x0 + v(x0, 0) trained on pairs of the
+   2-rectified flow (and, with distill.from_base, on the base pairs for comparison).
+
+Evaluation, with the same noise for every model: sliced Wasserstein distance to
+held-out data after 1, 2, 4, ... Euler steps (config.compare.euler_steps), the
+straightness of base and reflowed flows, and the SWD between two data sets of the
+same size (the floor). Writes reflow_results.{json,md} and reflow.png to the workdir.
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags, logging
+
+from experiments import main as main_lib  # defines --config (with overrides) and --workdir
+from experiments import plots, registry
+from experiments.checkpoint import Checkpointer
+from experiments.logging import MetricsLogger, read_metrics
+from genjax import metrics as metrics_lib
+from genjax import train as train_lib
+from genjax.flows import matching, rectified
+
+_BASE_WORKDIR = flags.DEFINE_string(
+    "base_workdir", None, "Run directory of the base flow (default <workdir>/base); trained there if absent.")
+
+BASE_FIELDS = ("seed", "family", "data", "model", "optim", "train")
+_PAIRS_STREAM, _EVAL_STREAM, _FLOOR_STREAM, _SWD_STREAM = 31, 32, 33, 34
+
+
+def _jsonable(value):
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    return json.loads(json.dumps(value))
+
+
+def check_base_config(config, base_workdir):
+    """Raises ValueError if the run in base_workdir was trained with other base fields."""
+    path = os.path.join(base_workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    differ = [k for k in BASE_FIELDS if saved.get(k) != _jsonable(config[k])]
+    if differ:
+        detail = "; ".join(f"{k}: run has {saved.get(k)!r}, config has {_jsonable(config[k])!r}" for k in differ)
+        raise ValueError(f"base run {base_workdir!r} does not match this config ({detail}); "
+                         "pass another --base_workdir or matching --config overrides")
+
+
+def load_or_train_base(config, base_workdir):
+    """(Experiment, TrainState) of the base flow: restored if complete, else trained."""
+    check_base_config(config, base_workdir)
+    ckpt = Checkpointer(base_workdir)
+    done = ckpt.latest_step() == config.train.num_steps
+    ckpt.close()
+    if not done:
+        os.makedirs(base_workdir, exist_ok=True)
+        with open(os.path.join(base_workdir, "config.json"), "w") as f:
+            json.dump({k: _jsonable(config[k]) for k in BASE_FIELDS}, f, indent=2)
+        main_lib.train(config, base_workdir, progress=False)
+    return main_lib._restore(config, base_workdir)
+
+
+def fit(stage_dir, loss_fn, params0, batch_fn, optim, train_cfg, key):
+    """Trains from params0 with the genjax trainer; resumes from / saves checkpoints in
+    stage_dir. Returns the final TrainState (its EMA parameters are the result)."""
+    tx, lr_fn = train_lib.make_optimizer(
+        learning_rate=optim.learning_rate, total_steps=train_cfg.num_steps,
+        warmup_steps=optim.warmup_steps, schedule=optim.schedule,
+        grad_clip=optim.grad_clip, weight_decay=optim.weight_decay)
+    state = train_lib.init_state(lambda k, b: jax.tree_util.tree_map(jnp.copy, params0), tx, key, None)
+    ckpt = Checkpointer(stage_dir, keep=train_cfg.keep_checkpoints)
+    restored = ckpt.restore(state)
+    state = state if restored is None else restored
+    mesh = train_lib.default_mesh()
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    spc = train_cfg.steps_per_call
+    if train_cfg.num_steps % spc or train_cfg.checkpoint_every % spc:
+        raise ValueError(f"num_steps ({train_cfg.num_steps}) and checkpoint_every "
+                         f"({train_cfg.checkpoint_every}) must be multiples of steps_per_call ({spc})")
+    train_fn = jax.jit(train_lib.make_train_fn(
+        loss_fn, tx, ema_decay=optim.ema_decay, steps_per_call=spc, batch_fn=batch_fn,
+        mesh=mesh, learning_rate_fn=lr_fn), donate_argnums=0)
+    logger = MetricsLogger(stage_dir)
+    try:
+        step = int(state.step)
+        while step < train_cfg.num_steps:
+            state, metrics = train_fn(state)
+            metrics = jax.device_get(metrics)
+            bad = train_lib.first_nonfinite(metrics["loss"], step)
+            if bad is not None:
+                raise FloatingPointError(f"{stage_dir}: loss is not finite at step {bad}")
+            step += spc
+            logger.write(step, {k: v[-1] for k, v in metrics.items()})
+            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.num_steps:
+                ckpt.save(step, state)
+    finally:
+        logger.close()
+        ckpt.close()
+    records = [r for r in read_metrics(logger.path) if "loss" in r]
+    if records:
+        plots.loss_curve(os.path.join(stage_dir, "loss.png"), [r["step"] for r in records],
+                         [r["loss"] for r in records], title=os.path.basename(stage_dir))
+    return state
+
+
+def pair_solver_kwargs(rc):
+    """`matching.ode_sample` keywords of the teacher ODE solve for the reflow pairs."""
+    if rc.pair_method == "adaptive":
+        return dict(method="adaptive", rtol=rc.pair_rtol, atol=rc.pair_atol)
+    return dict(method=rc.pair_method, num_steps=rc.pair_num_steps)
+
+
+def make_pairs(stage_dir, velocity_of, params, config, key):
+    """Pairs (x0, ODE(x0)) of a flow, solved in chunks; cached in stage_dir."""
+    path = os.path.join(stage_dir, "pairs.npz")
+    rc = config.reflow
+    if os.path.exists(path):
+        cached = np.load(path)
+        if len(cached["x0"]) == rc.num_pairs:
+            return jnp.asarray(cached["x0"]), jnp.asarray(cached["x1"])
+    os.makedirs(stage_dir, exist_ok=True)
+    solver = pair_solver_kwargs(rc)
+    solve = jax.jit(lambda p, k, n: matching.reflow_pairs(k, velocity_of(p), n, (2,), **solver),
+                    static_argnums=2)
+    x0s, x1s = [], []
+    for start in range(0, rc.num_pairs, rc.pair_chunk):
+        n = min(rc.pair_chunk, rc.num_pairs - start)
+        x0, x1 = solve(params, jax.random.fold_in(key, start), n)
+        x0s.append(np.asarray(x0))
+        x1s.append(np.asarray(x1))
+    x0, x1 = np.concatenate(x0s), np.concatenate(x1s)
+    np.savez(path, x0=x0, x1=x1)
+    return jnp.asarray(x0), jnp.asarray(x1)
+
+
+def _done(seconds, stage, t0):
+    seconds[stage] = time.perf_counter() - t0
+    print(f"{stage}: {seconds[stage]:.1f} s", flush=True)
+
+
+def run_reflow(config, workdir, base_workdir):
+    """All stages and the evaluation; returns the results dict and the figure's data."""
+    seconds = {}
+    t0 = time.perf_counter()
+    exp, base_state = load_or_train_base(config, base_workdir)
+    _done(seconds, "base", t0)
+    # the base model's network (unconditional), rebuilt to evaluate and fine-tune its parameters
+    net = registry.choose("net", config.model.get("net", "mlp"), registry.NETS)(config.model, None)
+    velocity_of = lambda p: (lambda x, t: net.apply(p, x, t))
+    key = jax.random.fold_in(exp.key, 101)
+    base_params = base_state.ema_params
+
+    # reflow: the 2-rectified flow on the base flow's pairs
+    t0 = time.perf_counter()
+    reflow_dir = os.path.join(workdir, "reflow")
+    base_pairs = make_pairs(reflow_dir, velocity_of, base_params, config, jax.random.fold_in(key, _PAIRS_STREAM))
+    _done(seconds, "base_pairs", t0)
+    t0 = time.perf_counter()
+    reflow_model = matching.make_flow_matching_model(net, data_shape=(2,), paired=True)
+    bs = config.data.batch_size
+    reflow_state = fit(reflow_dir, reflow_model.loss, base_params, rectified.pairs_batch_fn(*base_pairs, bs),
+                       config.reflow.optim, config.reflow.train, jax.random.fold_in(key, 1))
+    reflow_params = reflow_state.ema_params
+    _done(seconds, "reflow_train", t0)
+
+    # one-step distillation of the 2-rectified flow (and of the base flow)
+    distill_model = rectified.make_distillation_model(net, data_shape=(2,))
+    distill_dir = os.path.join(workdir, "distill")
+    t0 = time.perf_counter()
+    reflow_pairs = make_pairs(distill_dir, velocity_of, reflow_params, config,
+                              jax.random.fold_in(key, _PAIRS_STREAM + 100))
+    _done(seconds, "reflow_pairs", t0)
+    t0 = time.perf_counter()
+    distilled = {"distilled 2-rectified": fit(
+        distill_dir, distill_model.loss, reflow_params, rectified.pairs_batch_fn(*reflow_pairs, bs),
+        config.distill.optim, config.distill.train, jax.random.fold_in(key, 2)).ema_params}
+    if config.distill.from_base:
+        distilled["distilled base"] = fit(
+            os.path.join(workdir, "distill_base"), distill_model.loss, base_params,
+            rectified.pairs_batch_fn(*base_pairs, bs), config.distill.optim, config.distill.train,
+            jax.random.fold_in(key, 3)).ema_params
+    _done(seconds, "distill_train", t0)
+
+    # evaluation, the same noise for every model
+    t0 = time.perf_counter()
+    cc = config.compare
+    data = exp.source.held_out(cc.num)
+    swd_key = jax.random.fold_in(key, _SWD_STREAM)
+    swd = jax.jit(lambda x: metrics_lib.sliced_wasserstein(swd_key, x, data))
+    other_data = exp.source.density.sample(jax.random.fold_in(key, _FLOOR_STREAM), cc.num)
+    x0 = jax.random.normal(jax.random.fold_in(key, _EVAL_STREAM), (cc.num, 2))
+    flows = {"base (1-rectified)": base_params, "reflow (2-rectified)": reflow_params}
+    rows, pictures = [], {"data": np.asarray(data)}
+    euler = jax.jit(lambda p, n: matching.ode_sample(None, velocity_of(p), x0.shape, method="euler",
+                                                      num_steps=n, x_init=x0)[0], static_argnums=1)
+    straight = jax.jit(lambda p: matching.straightness(
+        None, velocity_of(p), x0[:cc.straightness_num], num_steps=cc.straightness_steps)[0])
+    traj = jax.jit(lambda p: rectified.euler_trajectories(
+        velocity_of(p), x0[:cc.num_trajectories], cc.straightness_steps))
+    for name, params in flows.items():
+        row = {"model": name, "swd": {}}
+        for n in cc.euler_steps:
+            samples = euler(params, int(n))
+            row["swd"][str(int(n))] = float(swd(samples))
+            pictures[(name, int(n))] = np.asarray(samples)
+        row["straightness"] = float(straight(params))
+        pictures[(name, "trajectories")] = np.asarray(traj(params))
+        rows.append(row)
+    one = jax.jit(lambda p: rectified.one_step(velocity_of(p), x0))
+    for name, params in distilled.items():
+        samples = one(params)
+        rows.append({"model": name, "swd": {"1": float(swd(samples))}})
+        pictures[(name, 1)] = np.asarray(samples)
+    _done(seconds, "evaluate", t0)
+
+    base_row, reflow_row = rows[0], rows[1]
+    results = {
+        "dataset": config.data.name,
+        "rows": rows,
+        "swd_floor": float(swd(other_data)),
+        "one_step_swd_ratio_base_over_reflow": base_row["swd"]["1"] / reflow_row["swd"]["1"],
+        "straightness_ratio_base_over_reflow": base_row["straightness"] / reflow_row["straightness"],
+        "num_pairs": int(config.reflow.num_pairs),
+        "num_eval": int(cc.num),
+        "steps": {"base": int(base_state.step), "reflow": int(reflow_state.step),
+                  "distill": int(config.distill.train.num_steps)},
+        "seconds": seconds,
+    }
+    return results, pictures
+
+
+def to_markdown(results, config):
+    steps = [str(int(n)) for n in config.compare.euler_steps]
+    lines = [
+        f"dataset: {results['dataset']}; sliced Wasserstein distance (SWD) of {results['num_eval']} samples "
+        f"to held-out data, the same noise for every model; data-vs-data SWD floor "
+        f"{results['swd_floor']:.3f}",
+        "",
+        "| model | " + " | ".join(f"SWD, {n} Euler step{'s' if n != '1' else ''}" for n in steps)
+        + " | straightness |",
+        "|---" * (len(steps) + 2) + "|",
+    ]
+    for r in results["rows"]:
+        cells = [f"{r['swd'][n]:.3f}" if n in r["swd"] else "" for n in steps]
+        s = f"{r['straightness']:.4f}" if "straightness" in r else ""
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {s} |")
+    lines += [
+        "",
+        f"one-step SWD, base / reflow: {results['one_step_swd_ratio_base_over_reflow']:.1f}x; "
+        f"straightness, base / reflow: {results['straightness_ratio_base_over_reflow']:.1f}x",
+        f"(distilled rows: one network evaluation x1 = x0 + v(x0, 0); "
+        f"straightness: E int ||(X1 - X0) - v(X_t, t)||^2 dt, {config.compare.straightness_steps} Euler steps)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def figure(path, pictures, results):
+    """Top: data and one-step samples; bottom: Euler trajectories and 4-step samples."""
+    import matplotlib.pyplot as plt  # experiments.plots has selected the Agg backend
+
+    lim = 1.1 * float(np.quantile(np.abs(pictures["data"]), 0.999))
+
+    base, reflow = "base (1-rectified)", "reflow (2-rectified)"
+    swd1 = {r["model"]: r["swd"]["1"] for r in results["rows"]}
+    top = [("data", pictures["data"])] + [
+        (f"{name}\n1 step, SWD {swd1[name]:.3f}", pictures[(name, 1)])
+        for name in swd1 if (name, 1) in pictures]
+    bottom = [(f"{name}\ntrajectories, straightness {r['straightness']:.3f}", pictures[(name, "trajectories")])
+              for name, r in ((base, results["rows"][0]), (reflow, results["rows"][1]))]
+    if (base, 4) in pictures:
+        bottom += [(f"{name}\n4 steps, SWD {r['swd']['4']:.3f}", pictures[(name, 4)])
+                   for name, r in ((base, results["rows"][0]), (reflow, results["rows"][1]))]
+    cols = max(len(top), len(bottom))
+    fig, axes = plt.subplots(2, cols, figsize=(3 * cols, 7), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, (title, points) in zip(axes[0], top):
+        ax.scatter(points[:, 0], points[:, 1], s=0.5, alpha=0.4)
+        ax.set_title(title, fontsize=8)
+    for ax, (title, points) in zip(axes[1], bottom):
+        if points.ndim == 3:  # (steps + 1, N, 2) trajectories
+            ax.plot(points[:, :, 0], points[:, :, 1], lw=0.5, color="tab:blue", alpha=0.6)
+            ax.scatter(points[0, :, 0], points[0, :, 1], s=3, color="gray", label="noise")
+            ax.scatter(points[-1, :, 0], points[-1, :, 1], s=3, color="tab:red", label="sample")
+        else:
+            ax.scatter(points[:, 0], points[:, 1], s=0.5, alpha=0.4)
+        ax.set_title(title, fontsize=8)
+    for ax in axes.ravel()[len(top):cols]:
+        ax.set_visible(False)
+    for ax in axes[1][len(bottom):]:
+        ax.set_visible(False)
+    fig.suptitle(f"rectified flow on {results['dataset']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
+    base_workdir = _BASE_WORKDIR.value or os.path.join(workdir, "base")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    results, pictures = run_reflow(config, workdir, base_workdir)
+    results["base_workdir"] = base_workdir
+    with open(os.path.join(workdir, "reflow_results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    table = to_markdown(results, config)
+    with open(os.path.join(workdir, "reflow_results.md"), "w") as f:
+        f.write(table)
+    figure(os.path.join(workdir, "reflow.png"), pictures, results)
+    print(table)
+
+
+if __name__ == "__main__":
+    main_lib.run(main)
