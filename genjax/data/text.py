@@ -14,6 +14,9 @@ import numpy as np
 VOCAB_SIZE = 256
 EXCLUDED_DIRS = frozenset({"test", "tests", "idlelib", "lib2to3", "site-packages"})
 VALIDATION_MODULUS = 20
+# The context a file is coded from (and sampling starts from): a newline, the byte
+# that precedes every file in the concatenated training stream.
+START_TOKEN = ord("\n")
 
 
 def is_excluded(relative_path: str) -> bool:
