@@ -6,5 +6,6 @@ from configs import base_digits_flows
 
 def get_config():
     config = base_digits_flows.get_config("flow_matching")
+    config.train.num_steps = 6_000
     config.lock()
     return config
