@@ -9,6 +9,11 @@ in one program with `jax.vmap` over a leading axis of the state.
 Determinism: the RNG of step s is fold_in(fold_in(run_key, 0), s) and the batch of
 step s is batch_fn(fold_in(run_key, 1), s), so a run resumed from a checkpoint
 equals one that never stopped.
+
+Memory: `grad_accum_steps` splits each batch into micro-batches whose gradients
+are averaged before one optimizer update; a mesh with an `fsdp` axis shards the
+parameters, their EMA and the optimizer state over it (ZeRO-3 / FSDP: Rajbhandari
+et al. 2020), while the batch is split over every mesh axis.
 """
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -167,12 +172,85 @@ def default_mesh(devices: Sequence | None = None) -> Mesh:
     return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
 
 
-def shard_batch(batch, mesh: Mesh | None):
-    """Constrains every leaf's leading axis to the mesh's `data` axis (in a jit)."""
+def fsdp_mesh(fsdp: int, devices: Sequence | None = None) -> Mesh:
+    """A 2-D mesh ("data", "fsdp") over all (or the given) devices, `fsdp` of them
+    along the parameter-sharding axis and the rest along `data`."""
+    devices = list(jax.devices() if devices is None else devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"fsdp={fsdp} does not divide the {len(devices)} devices")
+    return jax.make_mesh((len(devices) // fsdp, fsdp), ("data", "fsdp"),
+                         axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def _batch_axes(mesh: Mesh):
+    """The mesh axes the batch is split over: every one of `data` and `fsdp` present."""
+    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+
+
+def shard_batch(batch, mesh: Mesh | None, *, axis: int = 0):
+    """Constrains every leaf's batch axis (`axis`) to the mesh's `data` (and `fsdp`)
+    axes (in a jit)."""
     if mesh is None:
         return batch
-    sharding = NamedSharding(mesh, P("data"))
+    spec = P(*([None] * axis), _batch_axes(mesh))
+    sharding = NamedSharding(mesh, spec)
     return jax.tree_util.tree_map(lambda leaf: jax.lax.with_sharding_constraint(leaf, sharding), batch)
+
+
+def fsdp_spec(shape: Sequence[int], num_shards: int, axis: str = "fsdp") -> P:
+    """PartitionSpec sharding the largest dimension of `shape` divisible by
+    `num_shards` over `axis` (ties: the first); replicated if none divides."""
+    best = None
+    for d, size in enumerate(shape):
+        if size % num_shards == 0 and size >= num_shards and (best is None or size > shape[best]):
+            best = d
+    if best is None:
+        return P()
+    return P(*[axis if d == best else None for d in range(len(shape))])
+
+
+def fsdp_shardings(tree: PyTree, mesh: Mesh, axis: str = "fsdp") -> PyTree:
+    """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs): each
+    leaf's largest dimension divisible by the size of mesh axis `axis` is split over
+    it, the rest (scalars, RNG keys, odd sizes) replicated. Applied to a whole
+    TrainState it shards params, EMA and the optimizer moments alike, since the
+    moments have the parameters' shapes."""
+    if axis not in mesh.axis_names:
+        raise ValueError(f"mesh axes {mesh.axis_names} have no {axis!r} axis")
+    n = mesh.shape[axis]
+
+    def one(leaf):
+        shape = getattr(leaf, "shape", ())
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, fsdp_spec(shape, n, axis))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def shard_state(state: PyTree, mesh: Mesh, axis: str = "fsdp") -> PyTree:
+    """`state` placed on the mesh with `fsdp_shardings` (outside a jit)."""
+    return jax.device_put(state, fsdp_shardings(state, mesh, axis))
+
+
+def _constrain(tree, mesh: Mesh | None):
+    """Inside a jit: keep `tree` FSDP-sharded when the mesh has an `fsdp` axis."""
+    if mesh is None or "fsdp" not in mesh.axis_names:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, fsdp_shardings(tree, mesh))
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_per_s: float) -> float:
+    """Model FLOPs utilisation (Chowdhery et al. 2022, "PaLM", App. B): achieved
+    model FLOP/s over the device's peak, tokens_per_s * flops_per_token / peak.
+
+    flops_per_token is the model's training cost per token (e.g.
+    `Transformer.flops_per_token`: 6N + attention); peak_flops_per_s is measured
+    (benchmarks/peak_flops.py) or the vendor's number for the dtype used.
+    """
+    if not peak_flops_per_s > 0:
+        raise ValueError(f"peak_flops_per_s={peak_flops_per_s}; expected a positive FLOP/s figure")
+    return tokens_per_s * flops_per_token / peak_flops_per_s
 
 
 def make_train_fn(
@@ -185,6 +263,7 @@ def make_train_fn(
     mesh: Mesh | None = None,
     learning_rate_fn: Callable | None = None,
     unroll: int | bool = 1,
+    grad_accum_steps: int = 1,
 ) -> Callable:
     """Returns train_fn(state, batches=None) -> (state, metrics), pure and jittable.
 
@@ -195,16 +274,72 @@ def make_train_fn(
     straight-line code with no loop at all (see `host_loop`).
     Metrics are stacked over the steps: the loss's own metrics plus `loss`,
     `grad_norm` and (given learning_rate_fn) `learning_rate`.
+
+    grad_accum_steps = A > 1: every leaf of a step's batch (leading size B, a
+    multiple of A) is split into A micro-batches of B / A rows, taken with stride
+    A (rows i, i + A, ...) so that each stays spread over the `data` axis; the
+    update uses the mean of their gradients, and the loss and metrics are means
+    over them too. For a loss that is a mean over examples this equals the
+    full-batch step at 1/A of the activation memory; micro-batch i gets the key
+    fold_in(step key, i), so losses that draw randomness differ from the full
+    batch in their draws only. The micro-batches run in a `lax.scan`, or one
+    after another in straight-line code when unroll is True.
+
+    A mesh with an `fsdp` axis (`fsdp_mesh`) keeps params, EMA, gradients and
+    optimizer state sharded by `fsdp_shardings`; place the initial state with
+    `shard_state`.
     """
+    if not (isinstance(grad_accum_steps, (int, np.integer)) and grad_accum_steps >= 1):
+        raise ValueError(f"grad_accum_steps={grad_accum_steps!r}; expected a positive integer")
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulated_grads(params, key, batch):
+        A = grad_accum_steps
+
+        def split(leaf):
+            if leaf.shape[0] % A:
+                raise ValueError(
+                    f"batch leaf of shape {leaf.shape} does not split into grad_accum_steps={A} "
+                    f"micro-batches; expected a leading size divisible by {A}")
+            # (B, ...) -> (A, B / A, ...) with micro-batch i = rows i, i + A, ...
+            return jnp.swapaxes(leaf.reshape(leaf.shape[0] // A, A, *leaf.shape[1:]), 0, 1)
+
+        micro = jax.tree_util.tree_map(split, batch)
+        micro = shard_batch(micro, mesh, axis=1)
+
+        def one(i, mb):
+            (loss, metrics), grads = grad_fn(params, jax.random.fold_in(key, i), mb)
+            return (loss, metrics), _constrain(grads, mesh)
+
+        if unroll is True:
+            outs = [one(i, jax.tree_util.tree_map(lambda x: x[i], micro)) for i in range(A)]
+            (losses, metrics), grads = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+            grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+        else:
+            def body(acc, xs):
+                i, mb = xs
+                (loss, metrics), grads = one(i, mb)
+                acc = jax.tree_util.tree_map(lambda a, g: a + g / A, acc, grads)
+                return acc, (loss, metrics)
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            grads, (losses, metrics) = jax.lax.scan(body, zeros, (jnp.arange(A), micro))
+        mean = lambda x: jnp.mean(x, axis=0)  # noqa: E731
+        return (mean(losses), jax.tree_util.tree_map(mean, metrics)), grads
 
     def one_step(state: TrainState, batch):
-        batch = shard_batch(batch, mesh)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, step_key(state), batch)
+        if grad_accum_steps == 1:
+            batch = shard_batch(batch, mesh)
+            (loss, metrics), grads = grad_fn(state.params, step_key(state), batch)
+        else:
+            (loss, metrics), grads = accumulated_grads(state.params, step_key(state), batch)
+        grads = _constrain(grads, mesh)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree_util.tree_map(
             lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        params, ema, opt_state = _constrain((params, ema, opt_state), mesh)
         metrics = dict(metrics)
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.tree.norm(grads)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _POSITIONS = ("learned", "rotary")
-_ATTENTION = ("einsum", "xla", "cudnn")
+_ATTENTION = ("auto", "blocked", "einsum", "dpa", "xla", "cudnn")
 
 
 class KVCache(NamedTuple):
@@ -55,6 +55,23 @@ def rotary(x_BTHK: jax.Array, pos_T: jax.Array, base: float = 10_000.0) -> jax.A
     return out.astype(x_BTHK.dtype)
 
 
+def _resolve(implementation: str) -> str:
+    """'auto' -> 'blocked' on CPU, 'dpa' (jax.nn.dot_product_attention, which picks
+    a fused kernel where the backend has one) elsewhere."""
+    if implementation == "auto":
+        return "blocked" if jax.default_backend() == "cpu" else "dpa"
+    if implementation not in _ATTENTION:
+        raise ValueError(f"attention implementation={implementation!r}; expected one of {_ATTENTION}")
+    return implementation
+
+
+def _masked_softmax_attention(q_BHTK, k_BHSK, v_BHSK, mask_TS):
+    scores_BHTS = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK, preferred_element_type=jnp.float32)
+    scores_BHTS = jnp.where(mask_TS, scores_BHTS, jnp.finfo(jnp.float32).min)
+    probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSK.dtype)
+    return jnp.einsum("bhts,bhsk->bhtk", probs_BHTS, v_BHSK)
+
+
 def causal_attention(
     q_BTHK: jax.Array,
     k_BSHK: jax.Array,
@@ -65,26 +82,73 @@ def causal_attention(
 ) -> jax.Array:
     """softmax(q k^T / sqrt(K) + mask) v (Vaswani et al. 2017, eq. 1).
 
-    Key j sits at position j; query t at position q_pos_T[t] sees keys j <= q_pos_T[t].
-    implementation: "einsum" (plain einsum + mask; fast on CPU), or "xla" /
-    "cudnn" for `jax.nn.dot_product_attention` with that backend.
+    Key j sits at position j; query t at position q_pos_T[t] sees keys j <= q_pos_T[t]
+    (q_pos_T may be traced: this is the KV-cache path).
+    implementation: "einsum" / "blocked" / "auto" on CPU (plain einsum + mask), or
+    "xla" / "cudnn" / "dpa" / "auto" elsewhere for `jax.nn.dot_product_attention`
+    with that backend (None = JAX's choice for "dpa").
     Scores and softmax are float32 whatever the input dtype.
     """
+    impl = _resolve(implementation)
     S = k_BSHK.shape[1]
     mask_TS = jnp.arange(S)[None, :] <= q_pos_T[:, None]
-    if implementation == "einsum":
+    if impl in ("einsum", "blocked"):
         scale = 1.0 / np.sqrt(q_BTHK.shape[-1])
-        scores_BHTS = jnp.einsum(
-            "bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32
+        q_BHTK = (q_BTHK * scale).transpose(0, 2, 1, 3)
+        out_BHTK = _masked_softmax_attention(
+            q_BHTK, k_BSHK.transpose(0, 2, 1, 3), v_BSHK.transpose(0, 2, 1, 3), mask_TS
         )
-        scores_BHTS = jnp.where(mask_TS, scores_BHTS * scale, jnp.finfo(jnp.float32).min)
-        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHK.dtype)
-        return jnp.einsum("bhts,bshk->bthk", probs_BHTS, v_BSHK)
-    if implementation in ("xla", "cudnn"):
+        return out_BHTK.transpose(0, 2, 1, 3)
+    return jax.nn.dot_product_attention(
+        q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None],
+        implementation=None if impl == "dpa" else impl,
+    )
+
+
+def causal_self_attention(
+    q_BTHK: jax.Array,
+    k_BTHK: jax.Array,
+    v_BTHK: jax.Array,
+    *,
+    implementation: str = "auto",
+    block_size: int = 64,
+) -> jax.Array:
+    """Causal self-attention of T tokens at positions 0..T-1 (the training path).
+
+    Same function as `causal_attention` with q_pos_T = arange(T), computed as:
+      "blocked" (the CPU default): queries in blocks of `block_size`; block i
+        attends only to keys [0, end of block i), so the all-masked upper
+        triangle of the score matrix is never formed: about (1 + 1/n) / 2 of the
+        full matmul and softmax work for n blocks. On XLA:CPU the softmax passes
+        over the (T, T) scores, not the matmuls, dominate plain masked attention.
+      "einsum": one masked (T, T) softmax.
+      "xla" / "cudnn" / "dpa": `jax.nn.dot_product_attention(is_causal=True)`
+        (cuDNN's fused flash-attention kernel on GPUs; "dpa" lets JAX choose).
+      "auto": "blocked" on CPU, "dpa" elsewhere.
+    """
+    impl = _resolve(implementation)
+    T = q_BTHK.shape[1]
+    if impl in ("xla", "cudnn", "dpa"):
         return jax.nn.dot_product_attention(
-            q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None], implementation=implementation
+            q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation=None if impl == "dpa" else impl
         )
-    raise ValueError(f"attention implementation={implementation!r}; expected one of {_ATTENTION}")
+    if impl == "einsum":
+        return causal_attention(q_BTHK, k_BTHK, v_BTHK, jnp.arange(T), implementation="einsum")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size}; expected a positive integer")
+    scale = 1.0 / np.sqrt(q_BTHK.shape[-1])
+    q_BHTK = (q_BTHK * scale).transpose(0, 2, 1, 3)
+    k_BHTK = k_BTHK.transpose(0, 2, 1, 3)
+    v_BHTK = v_BTHK.transpose(0, 2, 1, 3)
+    outs = []
+    for start in range(0, T, block_size):
+        end = min(start + block_size, T)
+        # Static shapes: query rows [start, end) against key columns [0, end).
+        mask_CS = np.arange(end)[None, :] <= np.arange(start, end)[:, None]
+        outs.append(_masked_softmax_attention(
+            q_BHTK[:, :, start:end], k_BHTK[:, :, :end], v_BHTK[:, :, :end], mask_CS
+        ))
+    return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
 
 class _Attention(nn.Module):
@@ -106,21 +170,16 @@ class _Attention(nn.Module):
             q_BTHK = rotary(q_BTHK, pos_T, self.rope_base)
             k_BTHK = rotary(k_BTHK, pos_T, self.rope_base)
         if kv is None:
-            impl = self.implementation
-            if impl == "cudnn":
-                # cuDNN's fused kernel takes the plain causal flag, not a mask.
-                out_BTHK = jax.nn.dot_product_attention(
-                    q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation="cudnn"
-                )
-            else:
-                out_BTHK = causal_attention(q_BTHK, k_BTHK, v_BTHK, pos_T, implementation=impl)
+            # Positions 0..T-1: the plain causal flag, which fused kernels take.
+            out_BTHK = causal_self_attention(q_BTHK, k_BTHK, v_BTHK, implementation=self.implementation)
             new_kv = None
         else:
             k_cache, v_cache = kv
             k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BTHK.astype(k_cache.dtype), write_pos, 1)
             v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BTHK.astype(v_cache.dtype), write_pos, 1)
             # The cached path masks by position, which cuDNN's flag cannot express.
-            impl = "xla" if self.implementation == "cudnn" else self.implementation
+            impl = _resolve(self.implementation)
+            impl = "xla" if impl in ("cudnn", "dpa") else impl
             out_BTHK = causal_attention(
                 q_BTHK, k_cache.astype(q_BTHK.dtype), v_cache.astype(q_BTHK.dtype), pos_T,
                 implementation=impl,
@@ -141,6 +200,7 @@ class _Block(nn.Module):
     implementation: str
     rope_base: float
     dtype: Any
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, x_BTD, pos_T, kv=None, write_pos=None, deterministic=True):
@@ -154,7 +214,7 @@ class _Block(nn.Module):
         init = nn.initializers.normal(0.02)
         out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
         h_BTF = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=init, name="fc")(nn.LayerNorm(name="ln2")(x_BTD))
-        h_BTF = jax.nn.gelu(h_BTF, approximate=True)
+        h_BTF = jax.nn.gelu(h_BTF, approximate=self.gelu_approximate)
         h_BTD = nn.Dense(D, dtype=self.dtype, kernel_init=out_init, name="proj")(h_BTF)
         x_BTD = x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=deterministic)
         return x_BTD, new_kv
@@ -172,7 +232,12 @@ class Transformer(nn.Module):
       positions: "learned" (GPT-2) or "rotary" (RoFormer).
       tie_embeddings: share the token embedding with the unembedding.
       dtype: matmul input dtype (float32 or bfloat16).
-      attention: "einsum", "xla" or "cudnn" (see `causal_attention`).
+      attention: "auto" (default: blocked causal softmax on CPU,
+        `jax.nn.dot_product_attention` elsewhere), "blocked", "einsum", "dpa",
+        "xla" or "cudnn" (see `causal_self_attention`; the KV-cache path uses
+        `causal_attention`).
+      gelu_approximate: tanh-approximate GELU (default, cheaper on CPU) or the
+        exact erf form.
       rope_base: rotary frequency base.
 
     Apply methods: `__call__` (training / full forward) and `cached_call`
@@ -191,8 +256,9 @@ class Transformer(nn.Module):
     positions: str = "learned"
     tie_embeddings: bool = False
     dtype: Any = jnp.float32
-    attention: str = "einsum"
+    attention: str = "auto"
     rope_base: float = 10_000.0
+    gelu_approximate: bool = True
 
     def setup(self):
         if self.d_model % self.num_heads:
@@ -212,7 +278,8 @@ class Transformer(nn.Module):
         self.blocks = [
             _Block(
                 self.num_heads, self.num_layers, self.d_ff or 4 * self.d_model, self.dropout,
-                self.positions, self.attention, self.rope_base, self.dtype, name=f"block_{i}",
+                self.positions, self.attention, self.rope_base, self.dtype, self.gelu_approximate,
+                name=f"block_{i}",
             )
             for i in range(self.num_layers)
         ]
