@@ -113,8 +113,9 @@ def build_realnvp_model(config, source):
 
 def build_glow_model(config, source):
     """Multi-scale Glow (Kingma & Dhariwal 2018) on images in [-1, 1]: rescaled to
-    [0, 1] and logit-transformed inside the flow, so log_prob is the density of the
-    dequantized images in model space (the convention of the diffusion NLL)."""
+    [0, 1] and logit-transformed inside the flow (model.logit_alpha; None models
+    [-1, 1] directly), so log_prob is the density of the dequantized images in
+    model space (the convention of the diffusion NLL)."""
     if source.num_classes is not None:
         raise ValueError("family 'glow' is unconditional; set model.conditional=False")
     if len(source.data_shape) != 3:
@@ -124,7 +125,7 @@ def build_glow_model(config, source):
     return realnvp_lib.make_glow_model(
         data_shape=source.data_shape, num_scales=m.num_scales, steps_per_scale=m.steps_per_scale,
         hidden=tuple(m.hidden), log_scale_bound=m.log_scale_bound, logit_alpha=m.logit_alpha,
-        data_range=(-1.0, 1.0))
+        data_range=None if m.logit_alpha is None else (-1.0, 1.0))
 
 
 # config.family -> builder(config, source) -> genjax.core.Model
