@@ -7,6 +7,7 @@ import pytest
 from genjax.nn.transformer import (
     Transformer,
     causal_attention,
+    causal_self_attention,
     flops_per_token,
     num_params,
     rotary,
@@ -227,3 +228,49 @@ def test_bad_configuration_raises():
         tiny(positions="absolute").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="sequence length 30 exceeds max_len=24"):
         tiny().init(jax.random.key(0), jnp.zeros((1, 30), jnp.int32))
+
+
+@pytest.mark.parametrize("block_size", [4, 5])
+def test_blocked_causal_attention_equals_masked_softmax(block_size):
+    # T = 14 is no multiple of 4 or 5: the last block is ragged.
+    kq, kk, kv = jax.random.split(jax.random.key(17), 3)
+    q, k, v = (jax.random.normal(kx, (2, 14, 3, 8)) for kx in (kq, kk, kv))
+    ref = causal_attention(q, k, v, jnp.arange(14), implementation="einsum")
+    out = jax.jit(lambda q, k, v: causal_self_attention(q, k, v, implementation="blocked", block_size=block_size))(q, k, v)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+    for impl in ("einsum", "xla", "dpa", "auto"):
+        np.testing.assert_allclose(causal_self_attention(q, k, v, implementation=impl), ref, atol=1e-5, rtol=1e-5)
+    # The gradient too: the blocks' gradients assemble into the full one.
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))  # noqa: E731
+    g_ref = jax.grad(loss(lambda *a: causal_attention(*a, jnp.arange(14))), argnums=(0, 1, 2))(q, k, v)
+    g_blk = jax.jit(jax.grad(loss(lambda *a: causal_self_attention(*a, implementation="blocked", block_size=block_size)),
+                             argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g_blk, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_attention_and_exact_gelu():
+    net = tiny()
+    assert net.attention == "auto"
+    params = random_params(net, jax.random.key(18))
+    x_BT = tokens(jax.random.key(19))
+    auto = forward(net)(params, x_BT)
+    np.testing.assert_allclose(auto, forward(net.clone(attention="einsum"))(params, x_BT), atol=1e-5, rtol=1e-5)
+    # The erf GELU is a different function from its tanh approximation (they
+    # differ by up to ~5e-4 per unit), so the logits move, but only slightly.
+    exact = forward(net.clone(gelu_approximate=False))(params, x_BT)
+    diff = float(jnp.abs(exact - auto).max())
+    assert 1e-6 < diff < 0.05 * float(jnp.abs(auto).max())
+    with pytest.raises(ValueError, match="attention='flash'"):
+        tiny(attention="flash").init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_mfu_is_achieved_over_peak_flops():
+    from genjax.train import mfu
+
+    # 1000 tokens/s at 6 MFLOP/token is 6 GFLOP/s: half of a 12 GFLOP/s peak.
+    assert mfu(1000.0, 6e6, 12e9) == pytest.approx(0.5)
+    net = tiny()
+    assert mfu(10.0, net.flops_per_token(), 1e9) == pytest.approx(10.0 * net.flops_per_token() / 1e9)
+    with pytest.raises(ValueError, match="peak_flops_per_s=0"):
+        mfu(1.0, 1.0, 0)
