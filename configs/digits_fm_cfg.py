@@ -8,7 +8,7 @@ from configs import base_digits_flows
 def get_config():
     config = base_digits_flows.get_config("flow_matching")
     config.model.conditional = True
-    config.train.num_steps = 3_000
+    config.train.num_steps = 2_000
     config.sample.method = "midpoint"   # fixed cost per sample, the same for every w
     config.sample.num_steps = 20
     config.sample.guidance = 1.0
