@@ -35,7 +35,7 @@ def get_config():
     c.model.positions = "rotary"        # learned | rotary
     c.model.tie_embeddings = False
     c.model.dtype = "float32"           # float32 | bfloat16 (matmul inputs)
-    c.model.attention = "einsum"        # einsum | xla | cudnn
+    c.model.attention = "auto"          # auto (blocked on CPU, fused dot_product_attention elsewhere) | blocked | einsum | dpa | xla | cudnn
 
     c.optim = common.optimizer(learning_rate=2e-3, warmup_steps=50)
     c.optim.weight_decay = 0.01

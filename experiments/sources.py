@@ -40,6 +40,7 @@ LOG_PROB_FIELDS = {
     "cnf": ("exact_divergence", "rtol", "atol"),
     "realnvp": (),
     "glow": (),
+    "lm": (),                            # exact: one causal pass
 }
 
 

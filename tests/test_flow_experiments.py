@@ -3,8 +3,10 @@ experiment glue: train -> sample -> evaluate on tiny configs, with each model's
 log_prob and sample given only the keywords it takes."""
 import json
 import os
+import re
 
 import numpy as np
+
 import pytest
 
 from configs import toy_cnf, toy_flow_matching, toy_realnvp
@@ -59,8 +61,9 @@ def test_train_sample_evaluate(name, tmp_path):
 def test_unknown_family_lists_valid_ones():
     config = tiny(toy_flow_matching.get_config)
     config.family = "flow_matchin"
+    valid = ['cnf', 'ddpm', 'flow_matching', 'glow', 'lm', 'realnvp', 'score_sde']
     with pytest.raises(ValueError, match=r"unknown family 'flow_matchin'; expected one of "
-                       r"\['cnf', 'ddpm', 'flow_matching', 'realnvp', 'score_sde'\]"):
+                       + re.escape(str(valid))):
         main.Experiment(config)
 
 

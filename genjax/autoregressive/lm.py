@@ -52,7 +52,7 @@ def make_lm(
     positions: str = "learned",
     tie_embeddings: bool = False,
     dtype: Any = jnp.float32,
-    attention: str = "einsum",
+    attention: str = "auto",
     bos_id: int = 0,
 ) -> Model:
     """A transformer LM as a `Model(init, loss, sample, log_prob)`.
