@@ -23,8 +23,13 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 bench: $(STAMP)
-	$(PY) benchmarks/likelihood_ode.py
-	$(PY) benchmarks/ensemble.py
+	$(PY) -m benchmarks.likelihood_ode
+	$(PY) -m benchmarks.ensemble
+	$(PY) -m benchmarks.sampler_speed
+	$(PY) -m benchmarks.flow_likelihood
+	$(PY) -m benchmarks.peak_flops
+	$(PY) -m benchmarks.lm_train_speed
+	$(PY) -m benchmarks.decode_speed
 
 clean:
 	rm -rf runs .pytest_cache .jax_cache

@@ -20,7 +20,7 @@ from absl import flags
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
 
 _WEIGHTS = flags.DEFINE_list("weights", ["0", "0.5", "1", "2", "4"], "Guidance weights w.")
-_NUM = flags.DEFINE_integer("num", 500, "Samples per weight.")
+DEFAULT_NUM = 500  # samples per weight
 
 
 def guidance_sweep(config, workdir, weights, num):
@@ -57,7 +57,7 @@ def to_markdown(rows, config):
 def main(argv):
     del argv
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
-    rows = guidance_sweep(config, workdir, _WEIGHTS.value, _NUM.value)
+    rows = guidance_sweep(config, workdir, _WEIGHTS.value, (main_lib.NUM_SAMPLES.value or DEFAULT_NUM))
     with open(os.path.join(workdir, "guidance_sweep.json"), "w") as f:
         json.dump(rows, f, indent=2)
     table = to_markdown(rows, config)

@@ -24,6 +24,10 @@ from genjax import train as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+# Shared by the analysis scripts built on these flags (guidance_sweep, sampler_study),
+# which can then be imported into one process; each has its own default.
+NUM_SAMPLES = flags.DEFINE_integer("num", None, "Samples per guidance weight / per sampler "
+                                   "(default: the script's).")
 _MODE = flags.DEFINE_enum("mode", "all", ["train", "sample", "eval", "all"], "What to run.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU jobs).")

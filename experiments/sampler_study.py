@@ -460,7 +460,6 @@ def write_outputs(result: dict, out_dir: str) -> dict:
 
 _PROBLEM = flags.DEFINE_enum("problem", "mix64d", list(PROBLEMS),
                              "mix64d (exact score) or digits (a trained run).")
-_NUM = flags.DEFINE_integer("num", None, "Samples per sampler (default 2000 mix64d, 256 digits).")
 _NFES = flags.DEFINE_string("nfes", ",".join(map(str, DEFAULT_NFES)), "Comma-separated target NFEs.")
 _OUT = flags.DEFINE_string("out", None,
                            "Output directory (default: the workdir; runs/sampler_study for mix64d).")
@@ -483,7 +482,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     problem_name = _PROBLEM.value
-    num = _NUM.value or DEFAULT_NUM[problem_name]
+    num = main_lib.NUM_SAMPLES.value or DEFAULT_NUM[problem_name]
     nfes = _parse_nfes(_NFES.value)
     t0 = time.perf_counter()
     if problem_name == "mix64d":

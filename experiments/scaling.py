@@ -68,9 +68,13 @@ GRIDS = {
                                        a_s=(0.0, 10.0), b_s=(0.0, 10.0)),
 }
 
-_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Path to a scaling config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results.json, results.md and plots.")
-_FIT_ONLY = flags.DEFINE_bool("fit_only", False, "Refit the runs recorded in the workdir; train nothing.")
+_FLAGS = {}  # defined by run(), so importing this module (tests) defines no absl flags
+
+
+def _define_flags():
+    _FLAGS["config"] = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Path to a scaling config.")
+    _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for results.json, results.md and plots.")
+    _FLAGS["fit_only"] = flags.DEFINE_bool("fit_only", False, "Refit the runs recorded in the workdir; train nothing.")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -490,9 +494,9 @@ def study(config, workdir: str, *, fit_only: bool = False, corpus: dict | None =
 
 def main(argv):
     del argv
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
     t0 = time.perf_counter()
-    _, _, table = study(config, workdir, fit_only=_FIT_ONLY.value, log=lambda s: print(s, flush=True))
+    _, _, table = study(config, workdir, fit_only=_FLAGS["fit_only"].value, log=lambda s: print(s, flush=True))
     print(table)
     print(f"done in {time.perf_counter() - t0:.0f} s; outputs in {workdir}")
 
@@ -503,6 +507,7 @@ def run():
         configuration.check_argv(argv[1:])
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    _define_flags()
     flags.mark_flags_as_required(["workdir"])
     app.run(main, argv=argv)
 
