@@ -43,6 +43,8 @@ def get_config():
 
     c.train = common.training(num_steps=600, checkpoint_every=60, steps_per_call=20)
     c.train.keep_checkpoints = 20       # every checkpoint is a point of the validation curve
+    c.train.grad_accum_steps = 1        # micro-batches per step (the batch is split, gradients averaged)
+    c.train.peak_flops = 0.0            # FLOP/s behind the logged MFU; 0 = measure a large matmul at start
 
     c.sample = ml_collections.ConfigDict()
     c.sample.method = "ancestral"

@@ -56,7 +56,8 @@ class Experiment:
         return train_lib.make_train_fn(
             self.model.loss, self.tx, ema_decay=self.config.optim.ema_decay,
             steps_per_call=steps_per_call or self.config.train.steps_per_call,
-            batch_fn=self.batch_fn, mesh=mesh, learning_rate_fn=self.lr_fn, unroll=unroll)
+            batch_fn=self.batch_fn, mesh=mesh, learning_rate_fn=self.lr_fn, unroll=unroll,
+            grad_accum_steps=self.config.train.get("grad_accum_steps", 1))
 
     def compiled_train_fn(self, mesh):
         """jit(train_fn), or on CPU for convolutional nets the same steps one jitted
@@ -90,6 +91,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.device_put(state, replicated)
     train_fn = exp.compiled_train_fn(mesh)
+    utilisation = _mfu_fn(exp)
     logger = MetricsLogger(workdir)
     start = int(state.step)
     end = tc.num_steps if stop_after is None else min(stop_after, tc.num_steps)
@@ -109,7 +111,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
             step += tc.steps_per_call
             rate = tc.steps_per_call / (time.perf_counter() - t0)
             last = {k: v[-1] for k, v in metrics.items()}
-            logger.write(step, {**last, "steps_per_sec": rate})
+            logger.write(step, {**last, "steps_per_sec": rate, **utilisation(rate)})
             bar.update(tc.steps_per_call)
             bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
             if step % tc.checkpoint_every == 0 or step == end:
@@ -122,6 +124,21 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
     plots.loss_curve(os.path.join(workdir, "loss.png"), [r["step"] for r in records],
                      [r["loss"] for r in records])
     return state
+
+
+def _mfu_fn(exp):
+    """rate -> {"mfu": ...} for sources that count their training FLOPs (the LM),
+    against train.peak_flops, or a peak measured now by benchmarks/peak_flops.py
+    when that is 0 (Chowdhery et al. 2022, App. B); {} for other sources."""
+    flops_of = getattr(exp.source, "train_flops_per_step", None)
+    if flops_of is None:
+        return lambda rate: {}
+    flops_per_step = flops_of(exp.config.data.batch_size)
+    peak = exp.config.train.get("peak_flops", 0.0)
+    if not peak:
+        from benchmarks.peak_flops import measure_peak_flops  # the one peak measurement
+        peak = measure_peak_flops()
+    return lambda rate: {"mfu": train_lib.mfu(rate, flops_per_step, peak), "peak_flops": peak}
 
 
 def _restore(config, workdir):

@@ -128,6 +128,11 @@ class TextSource:
 
         return batch_fn
 
+    def train_flops_per_step(self, batch_size: int) -> int:
+        """Training FLOPs of one step (6N + attention per token, Kaplan et al. 2020),
+        the numerator of the MFU the driver logs."""
+        return batch_size * self.seq_len * build_net(self.config).flops_per_token(n_ctx=self.seq_len)
+
     def example_batch(self, batch_size):
         return text.get_batch(self.train_tokens[: 4 * (self.seq_len + 1)], 0, 0, batch_size, self.seq_len)
 

@@ -39,6 +39,7 @@ def tiny_config(data_dir: str):
     c.train.num_steps = 40
     c.train.steps_per_call = 20
     c.train.checkpoint_every = 20
+    c.train.peak_flops = 1e9  # a given peak: the MFU test checks the arithmetic, no timing
     c.sample.num = 2
     c.sample.num_steps = 8
     c.sample.prompt = "def "

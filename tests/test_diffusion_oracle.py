@@ -44,8 +44,8 @@ def _check_against_exact(x):
 
 @pytest.mark.parametrize("name,predictor,corrector", [
     ("vp", "euler_maruyama", None),
-    ("subvp", "euler_maruyama", "langevin"),
-    ("ve", "reverse_diffusion", "langevin"),
+    pytest.param("subvp", "euler_maruyama", "langevin", marks=pytest.mark.slow),  # ~13 s each:
+    pytest.param("ve", "reverse_diffusion", "langevin", marks=pytest.mark.slow),     # vp runs always
 ])
 def test_pc_sampler_reproduces_mixture(name, predictor, corrector):
     sde = SDES[name]
@@ -56,7 +56,7 @@ def test_pc_sampler_reproduces_mixture(name, predictor, corrector):
     _check_against_exact(sample(jax.random.PRNGKey(0)))
 
 
-@pytest.mark.parametrize("name", ["vp", "ve"])
+@pytest.mark.parametrize("name", ["vp", pytest.param("ve", marks=pytest.mark.slow)])
 def test_ode_sampler_reproduces_mixture(name):
     sde = SDES[name]
     x, nfe = jax.jit(lambda key: samplers.ode_sample(key, sde, exact_score_fn(sde, MIXTURE), (NUM_SAMPLES, 2)))(

@@ -4,6 +4,7 @@ import math
 
 import jax
 import numpy as np
+import pytest
 
 from configs import digits_cfg
 from experiments import main
@@ -24,6 +25,7 @@ def tiny_config():
     return c
 
 
+@pytest.mark.slow  # a U-Net trained, resumed and evaluated end to end (~40 s)
 def test_conditional_digits_run_resumes_exactly_and_evaluates(tmp_path):
     config = tiny_config()
     full = main.train(config, str(tmp_path / "full"), progress=False)

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from experiments import main, registry, sources, text_source
+from experiments.logging import read_metrics
 from genjax.autoregressive import make_lm
 from genjax.data import text
+from genjax.nn import transformer
 from lm_testing import fake_stdlib, tiny_config
 
 
@@ -78,6 +80,12 @@ def test_train_sample_evaluate_through_the_driver(corpus, tmp_path):
     loss, _ = model.loss(state.ema_params, jax.random.PRNGKey(0), {"tokens": windows}, train=False)
     logp = model.log_prob(state.ema_params, None, {"tokens": windows})
     assert float(loss) == pytest.approx(-float(jnp.mean(logp)) / 16, rel=1e-5)
+    # MFU logged against the configured peak: tokens/s x (6N + 6 L n_ctx d) / peak,
+    # with N the non-embedding parameters actually in the trained tree.
+    n = transformer.num_params(state.params, non_embedding=True)
+    flops_per_step = 8 * 16 * (6 * n + 6 * 2 * 16 * 32)
+    for record in [r for r in read_metrics(os.path.join(wd, "metrics.jsonl")) if "loss" in r]:
+        assert record["mfu"] == pytest.approx(record["steps_per_sec"] * flops_per_step / 1e9, rel=1e-6)
 
 
 def test_bad_prompts_and_contexts_give_clear_errors(corpus):

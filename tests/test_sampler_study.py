@@ -31,6 +31,7 @@ def _errors(result, name):
     return [row["rel_rms"] for row in result["rows"][name]]
 
 
+@pytest.mark.slow  # runs the whole sampler study on the 64-D mixture
 def test_table_has_every_sampler_and_nfe(result):
     assert list(result["rows"]) == list(ss.SAMPLERS)
     table = ss.markdown_table(result)
@@ -50,6 +51,7 @@ def test_table_has_every_sampler_and_nfe(result):
     assert min(r["metric"] for rows in result["rows"].values() for r in rows) > 0.1 * result["floor"]
 
 
+@pytest.mark.slow  # runs the whole sampler study on the 64-D mixture
 def test_nfe_accounting(result):
     # counted at run time by a host callback in the score function
     expected = {
@@ -77,6 +79,7 @@ def test_counter_counts_runtime_calls_not_traces():
     assert counter.read() == 14
 
 
+@pytest.mark.slow  # runs the whole sampler study on the 64-D mixture
 def test_errors_fall_with_nfe(result):
     for name, spec in ss.SAMPLERS.items():
         if spec.deterministic:
@@ -84,6 +87,7 @@ def test_errors_fall_with_nfe(result):
             assert all(a > b for a, b in zip(errors, errors[1:])), (name, errors)
 
 
+@pytest.mark.slow  # runs the whole sampler study on the 64-D mixture
 def test_high_order_solvers_beat_euler(result):
     euler = _errors(result, "euler")
     for name in ("dpm_solver_2", "dpm_solver_3"):
@@ -100,6 +104,7 @@ def test_high_order_solvers_beat_euler(result):
     # the 64-sample RMS by more than that gap.
 
 
+@pytest.mark.slow  # runs the whole sampler study on the 64-D mixture
 def test_reference_is_zero_against_itself_and_shares_x_init(problem, result):
     # the study's reference is deterministic: run again from the same x_init, it is
     # at zero error from itself

@@ -56,6 +56,7 @@ def swept(tmp_path_factory):
     return config, workdir, records, fits, table
 
 
+@pytest.mark.slow  # trains the tiny 2 x 2 sweep (~25 s)
 def test_runs_record_n_d_c_and_loss(swept):
     config, workdir, records, fits, table = swept
     assert len(records) == 4
@@ -81,6 +82,7 @@ def test_runs_record_n_d_c_and_loss(swept):
     assert set(fits["kaplan"]) >= {"L(N)", "L(D)"}
 
 
+@pytest.mark.slow  # trains the tiny 2 x 2 sweep (~25 s)
 def test_sweep_resumes_and_retrains_only_missing_runs(swept, tmp_path, monkeypatch):
     config, workdir, records, _, _ = swept
     with open(os.path.join(workdir, "results.json")) as f:
