@@ -63,6 +63,34 @@ def check_guidance(guidance, num_classes) -> float:
     return guidance if w is None else w
 
 
+def split_batch(batch, conditional: bool):
+    """(x, labels) from a batch: an array, or a dict with "x" and (if conditional) "label"."""
+    if isinstance(batch, dict):
+        if conditional and "label" not in batch:
+            raise ValueError(f"a class-conditional batch needs keys 'x' and 'label'; got {sorted(batch)}")
+        return batch["x"], (batch["label"] if conditional else None)
+    if conditional:
+        raise ValueError("a class-conditional model needs batches {'x': ..., 'label': ...}")
+    return batch, None
+
+
+def cycled_labels(num: int, num_classes: int) -> jax.Array:
+    """Labels 0, 1, ..., num_classes - 1, 0, 1, ... for `num` samples."""
+    return jnp.arange(num, dtype=jnp.int32) % num_classes
+
+
+def network_prediction(net, params, key=None) -> Callable:
+    """pred(x, t, labels) = net.apply(params, x, t, labels); dropout is active
+    (train=True) only when a key is given."""
+
+    def pred(x, t, labels):
+        if key is None:
+            return net.apply(params, x, t, labels)
+        return net.apply(params, x, t, labels, train=True, rngs={"dropout": key})
+
+    return pred
+
+
 def _null_like(labels, null_label):
     """The null label broadcast to labels' shape and dtype."""
     return jnp.broadcast_to(jnp.asarray(null_label, labels.dtype), labels.shape)

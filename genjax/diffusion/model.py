@@ -45,25 +45,6 @@ def _check_choice(kind, value, valid):
         raise ValueError(f"unknown {kind} {value!r}; expected one of {sorted(valid)}")
 
 
-def split_batch(batch, conditional: bool):
-    """(x, labels) from a batch: an array, or a dict with "x" and (if conditional) "label"."""
-    if isinstance(batch, dict):
-        return batch["x"], (batch["label"] if conditional else None)
-    if conditional:
-        raise ValueError("a class-conditional model needs batches {'x': ..., 'label': ...}")
-    return batch, None
-
-
-def _pred_fn(net, params, key=None):
-    """pred(x, t, labels) of the network; dropout is active only when a key is given."""
-
-    def pred(x, t, labels):
-        if key is None:
-            return net.apply(params, x, t, labels)
-        return net.apply(params, x, t, labels, train=True, rngs={"dropout": key})
-
-    return pred
-
 
 def make_score_fn(sde: SDE, net: nn.Module, *, prediction: str, num_classes: int | None = None):
     """score_fn_of(params, labels=None, guidance=0.0) -> score_fn(x, t): the network's
@@ -73,7 +54,7 @@ def make_score_fn(sde: SDE, net: nn.Module, *, prediction: str, num_classes: int
 
     def score_fn_of(params, labels=None, guidance=0.0):
         guidance_lib.check_guidance(guidance, num_classes)
-        pred = _pred_fn(net, params)
+        pred = guidance_lib.network_prediction(net, params)
         if num_classes is not None:
             fn = guidance_lib.guided(pred, labels, num_classes, guidance)
         else:
@@ -115,16 +96,16 @@ def make_diffusion_model(
     conditional = num_classes is not None
     null_label = num_classes
 
-    pred_fn_of = functools.partial(_pred_fn, net)
+    pred_fn_of = functools.partial(guidance_lib.network_prediction, net)
     score_fn_of = make_score_fn(sde, net, prediction=prediction, num_classes=num_classes)
 
     def init(key, batch):
-        x, labels = split_batch(batch, conditional)
+        x, labels = guidance_lib.split_batch(batch, conditional)
         check_shape("batch", x, (None,) + data_shape)
         return net.init(key, x, jnp.zeros((x.shape[0],), x.dtype), labels)
 
     def loss(params, key, batch):
-        x, labels = split_batch(batch, conditional)
+        x, labels = guidance_lib.split_batch(batch, conditional)
         check_shape("batch", x, (None,) + data_shape)
         loss_key, drop_key, net_key = jax.random.split(key, 3)
         if conditional:
@@ -142,7 +123,7 @@ def make_diffusion_model(
         return value, {"loss": value}
 
     def default_labels(num):
-        return jnp.arange(num, dtype=jnp.int32) % num_classes if conditional else None
+        return guidance_lib.cycled_labels(num, num_classes) if conditional else None
 
     def sample(params, key, num, method="pc", labels=None, guidance=0.0, **kwargs):
         _check_choice("sampler", method, SAMPLERS)

@@ -21,6 +21,7 @@ The pieces combine freely (as in Meta's flow_matching library):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -381,17 +382,6 @@ def reflow_pairs(key, velocity_fn: Callable, num: int, shape, **solver_kwargs):
 # ----------------------------------------------------------------------------- model
 
 
-def split_batch(batch, conditional: bool):
-    """(x, labels) from a batch: an array, or a dict with "x" and (if conditional) "label"."""
-    if isinstance(batch, dict):
-        if conditional and "label" not in batch:
-            raise ValueError(f"a class-conditional batch needs keys 'x' and 'label'; got {sorted(batch)}")
-        return batch["x"], (batch["label"] if conditional else None)
-    if conditional:
-        raise ValueError("a class-conditional flow matching model needs batches {'x': ..., 'label': ...}")
-    return batch, None
-
-
 def make_flow_matching_model(
     net,
     *,
@@ -443,15 +433,7 @@ def make_flow_matching_model(
     def check(x, what="flow matching batch"):
         check_event_shape(f"{what} (data_shape={data_shape})", x, data_shape)
 
-    def pred_of(params, key=None):
-        """pred(x, t, labels); dropout is active only when a key is given."""
-
-        def pred(x, t, labels):
-            if key is None:
-                return net.apply(params, x, t, labels)
-            return net.apply(params, x, t, labels, train=True, rngs={"dropout": key})
-
-        return pred
+    pred_of = functools.partial(guidance_lib.network_prediction, net)
 
     def velocity_of(params, labels=None, guidance=0.0):
         """v(x, t): plain, or guided (Ho & Salimans 2021, eq. 6) on a conditional model."""
@@ -470,7 +452,7 @@ def make_flow_matching_model(
             check(x0, "flow matching noise x0")
             check(x1, "flow matching data x1")
             return x1, None
-        x, labels = split_batch(batch, conditional)
+        x, labels = guidance_lib.split_batch(batch, conditional)
         check(x)
         return x, labels
 
@@ -495,7 +477,7 @@ def make_flow_matching_model(
     def sample(params, key, num, method="adaptive", num_steps=None, labels=None, guidance=0.0,
                **kwargs):
         if conditional and labels is None:
-            labels = jnp.arange(num, dtype=jnp.int32) % num_classes
+            labels = guidance_lib.cycled_labels(num, num_classes)
         x, _ = ode_sample(key, velocity_of(params, labels, guidance), (num,) + data_shape,
                           method=method, num_steps=num_steps, **kwargs)
         return x
