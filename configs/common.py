@@ -15,10 +15,13 @@ def optimizer(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigD
 
 
 def training(num_steps: int, checkpoint_every: int, steps_per_call: int = 100) -> ml_collections.ConfigDict:
-    """Steps, steps per compiled call, and checkpoints (the newest 3 are kept)."""
+    """Steps, steps per compiled call, checkpoints (the newest 3 are kept) and the
+    FSDP degree: fsdp = n > 1 shards parameters, EMA and optimizer state over n
+    devices (a ("data", "fsdp") mesh; n must divide the device count)."""
     c = ml_collections.ConfigDict()
     c.num_steps = num_steps
     c.steps_per_call = steps_per_call
     c.checkpoint_every = checkpoint_every
     c.keep_checkpoints = 3
+    c.fsdp = 1
     return c

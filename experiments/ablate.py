@@ -1,15 +1,23 @@
 """Ablations: every combination of swept config values x seeds, trained together.
 
-    python -m experiments.ablate --config=configs/toy_vpsde.py --workdir=runs/ablate \
-        --sweep='optim.learning_rate=1e-4,3e-4,1e-3' --sweep='optim.weight_decay=0,0.01' \
+    python -m experiments.ablate --config=configs/lm_stdlib.py --workdir=runs/ablate \
+        --sweep='optim.learning_rate=1e-4,3e-4,1e-3' --sweep='model.dropout=0,0.1' \
         --seeds=3 [--strategy=auto|vmap|map|loop] [--config.train.num_steps=2000]
 
-Values that live in the optimizer state as injected hyperparameters (the learning
-rate, the weight decay) and the seed are per-member values of ONE ensemble program
-(`genjax.train.init_ensemble` + `experiments.ensemble.ensemble_runner`: vmapped on
-accelerators; on CPU the fastest of vmap / lax.map / loop). Any other key changes
-the program itself (a network width, a dropout rate, the batch size), so each of
-its values is its own ensemble program. For any family in `registry.FAMILIES`.
+Every member of one ensemble program (`experiments.ensemble.ensemble_runner`:
+vmapped on accelerators; on CPU the fastest of vmap / lax.map / loop) holds its
+own values of:
+  - the seed;
+  - the injected optimizer hyperparameters (the learning rate, the weight decay),
+    which live in the optimizer state;
+  - every other float config value that the model, optimizer and trainer accept
+    as a traced scalar (a dropout rate, an EMA decay, an SDE's beta_max, ...):
+    each member builds its model from the config with that value set to a
+    traced scalar. Which keys qualify is found by tracing one step
+    (`traced_keys`); a value that decides a shape or a Python branch does not.
+Any other key changes the program itself (a network width, the batch size, a
+string choice), so each of its values is its own ensemble program. For any
+family in `registry.FAMILIES`.
 
 Member (seed s, values v) equals `experiments.main` trained alone with
 config.seed + s and v. Writes results.json, results.md (final training loss, mean ±
@@ -59,49 +67,113 @@ def parse_sweeps(config, sweeps: list[str]) -> dict[str, list]:
     return parsed
 
 
+def _set(config, key: str, value) -> None:
+    node = config
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node[key.split(".")[-1]] = value
+
+
 def _with_values(config, values: dict):
     config = config.copy_and_resolve_references()
     for key, value in values.items():
-        node = config
-        for part in key.split(".")[:-1]:
-            node = node[part]
-        node[key.split(".")[-1]] = value
+        _set(config, key, value)
     return config
 
 
-def run_group(config, member_values: list[dict], seeds: int, strategy: str):
-    """Trains len(member_values) x seeds members of one program; returns
-    (losses of shape (K, num_steps), the member list, chosen strategy)."""
-    exp = main_lib.Experiment(config)
+def member_experiment(exp, traced_values: dict):
+    """`exp`'s experiment with `traced_values` (dotted key -> traced scalar) set in a
+    copy of its config, sharing its data source: the model, optimizer and train
+    function of one ensemble member."""
+    config = exp.config.copy_and_resolve_references()
+    with config.ignore_type():  # a tracer where the config holds a float
+        for key, value in traced_values.items():
+            _set(config, key, value)
+    return main_lib.Experiment(config, source=exp.source)
+
+
+def _init_member(exp, example, key, hyper: dict, traced_values: dict):
+    member = member_experiment(exp, traced_values)
+    return train_lib.init_state(member.model.init, member.tx, key, example, **hyper)
+
+
+def _member_train_fn(exp):
+    """(state, traced values) -> ((state, traced values), metrics) for one member."""
+    def train_fn(carry):
+        state, traced_values = carry
+        state, metrics = member_experiment(exp, traced_values).train_fn(None)(state)
+        return (state, traced_values), metrics
+    return train_fn
+
+
+# A value used where a concrete number is needed (a shape, `if`, int(), np.asarray).
+_NEEDS_CONCRETE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                   jax.errors.TracerIntegerConversionError)
+
+
+def traced_keys(exp, sweeps: dict[str, list]) -> list[str]:
+    """The swept keys, other than the injected optimizer hyperparameters, whose float
+    values can be per-member traced scalars: tracing member init and one train call
+    (`jax.eval_shape`, nothing runs) with the value as a tracer succeeds."""
+    example = exp.source.example_batch(exp.config.data.batch_size)
+    found = []
+    for key, values in sweeps.items():
+        if key in INJECTED or not all(isinstance(v, float) for v in values):
+            continue
+        def one_call(traced_values):
+            state = _init_member(exp, example, jax.random.PRNGKey(0), {}, traced_values)
+            return _member_train_fn(exp)((state, traced_values))
+        try:
+            jax.eval_shape(one_call, {key: jnp.float32(values[0])})
+        except _NEEDS_CONCRETE:
+            continue
+        found.append(key)
+    return found
+
+
+def run_group(exp, member_values: list[dict], seeds: int, strategy: str):
+    """Trains len(member_values) x seeds members of one program; returns (losses of
+    shape (K, num_steps), the member list, chosen strategy, stacked final states).
+
+    member_values[i] maps injected-hyperparameter and traced keys to values."""
+    config = exp.config
     members = [(s, v) for v in member_values for s in range(seeds)]
     keys = jnp.stack([jax.random.PRNGKey(config.seed + s) for s, _ in members])
-    hyper = {INJECTED[k]: [v[k] for _, v in members] for k in (member_values[0] if member_values else {})}
+    names = list(member_values[0]) if member_values else []
+    column = lambda k: jnp.asarray([v[k] for _, v in members], jnp.float32)  # noqa: E731
+    hyper = {INJECTED[k]: column(k) for k in names if k in INJECTED}
+    traced = {k: column(k) for k in names if k not in INJECTED}
     example = exp.source.example_batch(config.data.batch_size)
-    states = train_lib.init_ensemble(exp.model.init, exp.tx, keys, example, **hyper)
-    run, chosen, _ = ensemble_runner(exp.train_fn(None), states, strategy=strategy)
+    states = jax.jit(jax.vmap(lambda key, hp, tv: _init_member(exp, example, key, hp, tv)))(keys, hyper, traced)
+    run, chosen, _ = ensemble_runner(_member_train_fn(exp), (states, traced), strategy=strategy)
     tc = config.train
     if tc.num_steps % tc.steps_per_call:
         raise ValueError(f"train.num_steps ({tc.num_steps}) must be a multiple of "
                          f"train.steps_per_call ({tc.steps_per_call})")
-    losses = []
+    carry, losses = (states, traced), []
     for _ in range(tc.num_steps // tc.steps_per_call):
-        states, metrics = run(states)
+        carry, metrics = run(carry)
         losses.append(np.asarray(metrics["loss"]))
-    return np.concatenate(losses, axis=1), members, chosen, states
+    return np.concatenate(losses, axis=1), members, chosen, carry[0]
 
 
 def ablate(config, sweeps: dict[str, list], seeds: int, strategy: str = "auto"):
-    """Trains every combination; returns a list of result rows and the final states."""
+    """Trains every combination; returns (result rows, final stacked states of each
+    program, {"per_member": keys traced or injected, "structural": the others})."""
     if seeds < 1:
         raise ValueError(f"--seeds={seeds}; expected an int >= 1")
-    injected = {k: v for k, v in sweeps.items() if k in INJECTED}
-    structural = {k: v for k, v in sweeps.items() if k not in INJECTED}
-    member_values = [dict(zip(injected, combo)) for combo in itertools.product(*injected.values())]
+    base = main_lib.Experiment(config)
+    per_member = [k for k in sweeps if k in INJECTED] + traced_keys(base, sweeps)
+    per_member = [k for k in sweeps if k in per_member]  # in the order given
+    structural = {k: v for k, v in sweeps.items() if k not in per_member}
+    member_values = [dict(zip(per_member, combo))
+                     for combo in itertools.product(*(sweeps[k] for k in per_member))]
     rows, all_states = [], []
     for combo in itertools.product(*structural.values()):
         fixed = dict(zip(structural, combo))
+        exp = main_lib.Experiment(_with_values(config, fixed)) if fixed else base
         t0 = time.perf_counter()
-        losses, members, chosen, states = run_group(_with_values(config, fixed), member_values, seeds, strategy)
+        losses, members, chosen, states = run_group(exp, member_values, seeds, strategy)
         seconds = time.perf_counter() - t0
         for values in member_values:
             idx = [i for i, (_, v) in enumerate(members) if v == values]
@@ -112,7 +184,7 @@ def ablate(config, sweeps: dict[str, list], seeds: int, strategy: str = "auto"):
                          "strategy": chosen, "program_seconds": seconds,
                          "program_members": len(members)})
         all_states.append(states)
-    return rows, all_states
+    return rows, all_states, {"per_member": per_member, "structural": list(structural)}
 
 
 def to_markdown(rows, keys):
@@ -132,7 +204,7 @@ def main(argv):
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     os.makedirs(workdir, exist_ok=True)
-    rows, _ = ablate(config, sweeps, _SEEDS.value, _STRATEGY.value)
+    rows, _, kinds = ablate(config, sweeps, _SEEDS.value, _STRATEGY.value)
     keys = list(sweeps)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(rows, f)
@@ -144,6 +216,7 @@ def main(argv):
     plots.loss_curves(os.path.join(workdir, "loss_curves.png"), curves)
     programs = {r["program_seconds"]: r for r in rows}
     print(table)
+    print(f"per member: {kinds['per_member'] or 'seed only'}; one program per value: {kinds['structural'] or 'none'}")
     print(f"{len(programs)} program(s), {rows[0]['program_members']} members each, "
           f"strategy {rows[0]['strategy']}, {sum(programs):.1f} s")
 

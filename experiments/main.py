@@ -36,9 +36,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 class Experiment:
     """What a config builds: the data source, the model, its optimizer and train function."""
 
-    def __init__(self, config):
+    def __init__(self, config, source=None):
+        """`source`: reuse an already built data source (it must be the one `config` names)."""
         self.config = config
-        self.source = registry.build_source(config)
+        self.source = source if source is not None else registry.build_source(config)
         self.model = registry.build_model(config, self.source)
         opt = config.optim
         self.tx, self.lr_fn = train_lib.make_optimizer(
@@ -87,9 +88,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
     restored = ckpt.restore(state)
     if restored is not None:
         state = restored
-    mesh = train_lib.default_mesh()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    state = jax.device_put(state, replicated)
+    mesh, state = place_state(state, tc.get("fsdp", 1))
     train_fn = exp.compiled_train_fn(mesh)
     utilisation = _mfu_fn(exp)
     logger = MetricsLogger(workdir)
@@ -124,6 +123,18 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
     plots.loss_curve(os.path.join(workdir, "loss.png"), [r["step"] for r in records],
                      [r["loss"] for r in records])
     return state
+
+
+def place_state(state, fsdp: int = 1):
+    """(mesh, state on it): replicated over a `data` mesh of every device, or with
+    fsdp > 1 sharded by `train.fsdp_shardings` over a ("data", "fsdp") mesh."""
+    if not isinstance(fsdp, int) or fsdp < 1:
+        raise ValueError(f"train.fsdp={fsdp!r}; expected a positive int (1: no parameter sharding)")
+    if fsdp == 1:
+        mesh = train_lib.default_mesh()
+        return mesh, jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    mesh = train_lib.fsdp_mesh(fsdp)
+    return mesh, train_lib.shard_state(state, mesh)
 
 
 def _mfu_fn(exp):

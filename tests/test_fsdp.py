@@ -66,3 +66,37 @@ def test_fsdp_errors_name_the_problem():
         train.fsdp_mesh(3, jax.devices()[:8])
     with pytest.raises(ValueError, match=r"mesh axes \('data',\) have no 'fsdp' axis"):
         train.fsdp_shardings({"w": jnp.zeros(4)}, train.default_mesh())
+
+
+def test_the_driver_trains_fsdp_sharded_from_the_config_switch(tmp_path):
+    """train.fsdp = 4 in a config: experiments.main shards the state data 2 x fsdp 4,
+    checkpoints and resumes it, and logs the losses of the unsharded run."""
+    from experiments import main
+    from experiments.logging import read_metrics
+    from tests import lm_testing
+
+    (tmp_path / "lib").mkdir()
+    lm_testing.fake_stdlib(tmp_path / "lib")
+
+    def run(fsdp, workdir, stop_after=None):
+        config = lm_testing.tiny_config(str(tmp_path / "lib"))
+        config.train.fsdp = fsdp
+        config.train.steps_per_call = 10
+        config.train.checkpoint_every = 10
+        return main.train(config, str(tmp_path / workdir), progress=False, stop_after=stop_after)
+
+    def losses(workdir):
+        return np.array([r["loss"] for r in read_metrics(str(tmp_path / workdir / "metrics.jsonl")) if "loss" in r])
+
+    run(1, "plain")
+    run(4, "fsdp", stop_after=20)  # interrupted, then resumed from its checkpoint
+    sharded = run(4, "fsdp")
+    # Sharded sums round differently from unsharded ones (float32 noise only).
+    np.testing.assert_allclose(losses("fsdp"), losses("plain"), rtol=1e-4)
+    kernel = sharded.params["block_0"]["attn"]["qkv"]["kernel"]  # (32, 3, 2, 16)
+    assert tuple(kernel.sharding.spec)[:1] == ("fsdp",)
+    assert kernel.addressable_shards[0].data.shape == (8, 3, 2, 16)
+    with pytest.raises(ValueError, match="fsdp=3 does not divide the 8 devices"):
+        run(3, "bad")
+    with pytest.raises(ValueError, match=r"train.fsdp=0; expected a positive int"):
+        run(0, "bad0")

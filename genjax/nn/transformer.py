@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax.nn.dropout import Dropout
+
 _POSITIONS = ("learned", "rotary")
 _ATTENTION = ("auto", "blocked", "einsum", "dpa", "xla", "cudnn")
 
@@ -210,13 +212,13 @@ class _Block(nn.Module):
             self.rope_base, self.dtype, name="attn",
         )
         h_BTD, new_kv = attn(nn.LayerNorm(name="ln1")(x_BTD), pos_T, kv, write_pos)
-        x_BTD = x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=deterministic)
+        x_BTD = x_BTD + Dropout(self.dropout)(h_BTD, deterministic=deterministic)
         init = nn.initializers.normal(0.02)
         out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
         h_BTF = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=init, name="fc")(nn.LayerNorm(name="ln2")(x_BTD))
         h_BTF = jax.nn.gelu(h_BTF, approximate=self.gelu_approximate)
         h_BTD = nn.Dense(D, dtype=self.dtype, kernel_init=out_init, name="proj")(h_BTF)
-        x_BTD = x_BTD + nn.Dropout(self.dropout)(h_BTD, deterministic=deterministic)
+        x_BTD = x_BTD + Dropout(self.dropout)(h_BTD, deterministic=deterministic)
         return x_BTD, new_kv
 
 
@@ -228,7 +230,8 @@ class Transformer(nn.Module):
         a multiple of num_heads.
       d_ff: MLP width (default 4 * d_model).
       max_len: longest context (size of the learned position table and the cache).
-      dropout: dropout rate on the embeddings and residual branches.
+      dropout: dropout rate on the embeddings and residual branches (may be traced:
+        `genjax.nn.dropout.Dropout`).
       positions: "learned" (GPT-2) or "rotary" (RoFormer).
       tie_embeddings: share the token embedding with the unembedding.
       dtype: matmul input dtype (float32 or bfloat16).
@@ -284,7 +287,7 @@ class Transformer(nn.Module):
             for i in range(self.num_layers)
         ]
         self.ln_f = nn.LayerNorm()
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
 
     def _forward(self, tokens_BT, pos, cache, deterministic):
         T = tokens_BT.shape[1]

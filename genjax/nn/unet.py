@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax.nn.dropout import Dropout
 from genjax.nn.mlp import sinusoidal_embedding
 
 _zeros = nn.initializers.zeros
@@ -49,7 +50,7 @@ class ResBlock(nn.Module):
         h = nn.Conv(self.out_channels, (3, 3))(h)
         h = h + nn.Dense(self.out_channels)(nn.silu(emb_NE))[:, None, None, :]
         h = nn.silu(nn.GroupNorm(num_groups=self.groups)(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_channels, (3, 3), kernel_init=_zeros)(h)
         skip = x_NHWC
         if x_NHWC.shape[-1] != self.out_channels:
