@@ -2,6 +2,7 @@
 
     python -m benchmarks.decode_speed [--layers 4] [--width 256] [--new 64] \
         [--gamma 4] [--draft-layers 1] [--repeats 5]
+    python -m benchmarks.decode_speed --target-workdir=RUN --draft-workdir=DRAFT_RUN
 
 One sequence, greedy (temperature 0), a prompt of 512 - new tokens, `new`
 tokens generated, so the last ones attend over the full 512-token context.
@@ -16,6 +17,11 @@ tokens generated, so the last ones attend over the full 512-token context.
 All three produce the same tokens (greedy speculative decoding reproduces the
 target exactly; checked here). The weights are the standard initialization,
 not trained ones: the acceptance rate is printed, and a trained pair's differs.
+
+With --target-workdir and --draft-workdir (two `experiments.main` LM runs on the
+same bytes, e.g. configs/lm_stdlib.py and a smaller one) the trained EMA weights
+decode instead, the draft is that second model, the prompt is the start of the
+held-out split, and the context is the models' max_len - gamma + 1.
 Each is jitted, warmed up and timed in alternation, median of --repeats.
 """
 import argparse
@@ -33,6 +39,23 @@ from genjax.nn.transformer import Transformer
 CONTEXT = 512
 
 
+def trained_pair(args):
+    """(target, params, draft, draft params, held-out prompt, context) from two LM runs."""
+    from experiments import text_source  # the experiment layer restores checkpoints
+
+    if not (args.target_workdir and args.draft_workdir):
+        raise SystemExit("--target-workdir and --draft-workdir go together")
+    config, params, _ = text_source.restore_params(args.target_workdir)
+    draft_config, draft_params, _ = text_source.restore_params(args.draft_workdir)
+    target, draft = text_source.build_net(config), text_source.build_net(draft_config)
+    context = min(target.max_len, draft.max_len) - args.gamma + 1
+    if args.new >= context:
+        raise SystemExit(f"--new={args.new} leaves no prompt in a context of {context}")
+    heldout = text_source.load_text(config, "validation")
+    prompt = heldout[args.prompt_offset: args.prompt_offset + context - args.new]
+    return target, params, draft, draft_params, jnp.asarray(prompt, jnp.int32), context
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=4)
@@ -42,29 +65,38 @@ def main():
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--draft-layers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--target-workdir", default=None, help="trained LM run (target)")
+    parser.add_argument("--draft-workdir", default=None, help="trained LM run (draft)")
+    parser.add_argument("--prompt-offset", type=int, default=0, help="where in the held-out bytes the prompt starts")
     args = parser.parse_args()
     print(f"device: {device_description()}")
 
-    kw = dict(vocab_size=256, d_model=args.width, num_heads=args.heads, max_len=CONTEXT + args.gamma)
-    target = Transformer(num_layers=args.layers, **kw)
-    draft = Transformer(num_layers=args.draft_layers, **kw)
-    P = CONTEXT - args.new
-    params = target.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    draft_params = {k: v for k, v in params.items() if not k.startswith("block_")}
-    draft_params.update({f"block_{i}": params[f"block_{i}"] for i in range(args.draft_layers)})
-    prompt_P = jax.random.randint(jax.random.key(1), (P,), 0, 256)
+    if args.target_workdir or args.draft_workdir:
+        target, params, draft, draft_params, prompt_P, context = trained_pair(args)
+        print(f"trained target {args.target_workdir}: {target.num_layers} layers x width {target.d_model}; "
+              f"trained draft {args.draft_workdir}: {draft.num_layers} layers x width {draft.d_model}")
+    else:
+        context = CONTEXT
+        kw = dict(vocab_size=256, d_model=args.width, num_heads=args.heads, max_len=CONTEXT + args.gamma)
+        target = Transformer(num_layers=args.layers, **kw)
+        draft = Transformer(num_layers=args.draft_layers, **kw)
+        params = target.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+        draft_params = {k: v for k, v in params.items() if not k.startswith("block_")}
+        draft_params.update({f"block_{i}": params[f"block_{i}"] for i in range(args.draft_layers)})
+        prompt_P = jax.random.randint(jax.random.key(1), (context - args.new,), 0, 256)
+    P = context - args.new
     key = jax.random.key(2)
 
     @jax.jit
     def no_cache(params, prompt_P):
-        buf = jnp.zeros((1, CONTEXT), jnp.int32).at[0, :P].set(prompt_P)
+        buf = jnp.zeros((1, context), jnp.int32).at[0, :P].set(prompt_P)
 
         def body(t, buf):
             logits_BTV = target.apply({"params": params}, buf)
             nxt = jnp.argmax(logits_BTV[0, t - 1]).astype(jnp.int32)
             return buf.at[0, t].set(nxt)
 
-        return jax.lax.fori_loop(P, CONTEXT, body, buf)[0]
+        return jax.lax.fori_loop(P, context, body, buf)[0]
 
     def cached(params, prompt_P):
         return generate(target, params, key, prompt_P[None], max_new_tokens=args.new, temperature=0.0)[0]
@@ -81,9 +113,12 @@ def main():
     for name in ("KV cache", "speculative"):
         if not np.array_equal(outs[name], outs["no cache"]):
             raise SystemExit(f"{name} tokens differ from the uncached greedy tokens")
+    if args.draft_workdir:  # the reader should see whether greedy text degenerated into a loop
+        print(f"generated: {bytes(np.asarray(outs['KV cache'][P:], np.uint8)).decode('utf-8', 'replace')!r}")
     calls = int(stats["target_calls"])
-    print(f"target {args.layers} layers x width {args.width}; draft: its first {args.draft_layers} layer(s); "
-          f"gamma {args.gamma}; prompt {P} + {args.new} new = {CONTEXT} tokens, greedy, batch 1")
+    draft_name = "the draft run" if args.draft_workdir else f"its first {args.draft_layers} layer(s)"
+    print(f"target {target.num_layers} layers x width {target.d_model}; draft: {draft_name}; "
+          f"gamma {args.gamma}; prompt {P} + {args.new} new = {context} tokens, greedy, batch 1")
     print(f"speculative: {int(stats['accepted'])} of {calls * args.gamma} drafts accepted, "
           f"{calls} target calls for {args.new} tokens")
 

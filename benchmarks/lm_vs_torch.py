@@ -128,7 +128,8 @@ def torch_trainer(args, tokens_np):
 # ----------------------------------------------------------------------------- genjax
 
 
-def genjax_trainer(args, tokens_np):
+def genjax_step(args, tokens_np):
+    """(jitted train step, initial state, its batches argument) of the genjax side."""
     net = Transformer(
         vocab_size=VOCAB, num_layers=args.layers, d_model=args.width, num_heads=args.heads,
         max_len=args.context, attention=args.attention, gelu_approximate=args.gelu == "tanh",
@@ -149,6 +150,11 @@ def genjax_trainer(args, tokens_np):
     state = train.init_state(init, tx, jax.random.key(0), batch)
     step_fn = jax.jit(train.make_train_fn(loss, tx, steps_per_call=1, unroll=True), donate_argnums=0)
     batches = jax.tree_util.tree_map(lambda x: x[None], batch)
+    return step_fn, state, batches
+
+
+def genjax_trainer(args, tokens_np):
+    step_fn, state, batches = genjax_step(args, tokens_np)
     box = [state]
 
     def step():
