@@ -74,11 +74,7 @@ def torch_profile(args, tokens_np, num_steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--context", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=16)
+    lm_vs_torch.add_model_args(parser)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()

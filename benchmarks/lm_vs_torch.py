@@ -171,13 +171,18 @@ def timed(step, num_steps, clock):
     return (clock() - t0) / num_steps, loss
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The model and batch flags both sides share (also used by benchmarks.lm_profile)."""
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(parser)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--attention", default="auto", help="genjax Transformer.attention")
