@@ -14,7 +14,8 @@ own values of:
     as a traced scalar (a dropout rate, an EMA decay, an SDE's beta_max, ...):
     each member builds its model from the config with that value set to a
     traced scalar. Which keys qualify is found by tracing one step
-    (`traced_keys`); a value that decides a shape or a Python branch does not.
+    (`traced_keys`); a value that decides a shape or a Python branch does not,
+    nor does a data.* value (the data source is built once, outside the trace).
 Any other key changes the program itself (a network width, the batch size, a
 string choice), so each of its values is its own ensemble program. For any
 family in `registry.FAMILIES`.
@@ -118,7 +119,8 @@ def traced_keys(exp, sweeps: dict[str, list]) -> list[str]:
     example = exp.source.example_batch(exp.config.data.batch_size)
     found = []
     for key, values in sweeps.items():
-        if key in INJECTED or not all(isinstance(v, float) for v in values):
+        # data.* values build the data source, which members share: one program per value.
+        if key in INJECTED or key.startswith("data.") or not all(isinstance(v, float) for v in values):
             continue
         def one_call(traced_values):
             state = _init_member(exp, example, jax.random.PRNGKey(0), {}, traced_values)

@@ -93,5 +93,9 @@ def test_a_float_used_as_a_python_number_is_structural():
     base = main.Experiment(config)
     # model.beta_max enters the SDE's arithmetic only: traced.
     assert ablate.traced_keys(base, {"model.beta_max": [10.0, 20.0]}) == ["model.beta_max"]
-    # The optimizer branches on the clipping threshold in Python; sizes are ints.
+    # The optimizer branches on the clipping threshold in Python; sizes are ints;
+    # data values build the shared data source.
     assert ablate.traced_keys(base, {"optim.grad_clip": [1.0, 2.0], "data.batch_size": [32, 64]}) == []
+    with config.unlocked():
+        config.data.scale = 1.0  # unused by the source, so it would trace, but data.* never does
+    assert ablate.traced_keys(main.Experiment(config), {"data.scale": [1.0, 2.0]}) == []
