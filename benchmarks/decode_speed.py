@@ -20,8 +20,9 @@ not trained ones: the acceptance rate is printed, and a trained pair's differs.
 
 With --target-workdir and --draft-workdir (two `experiments.main` LM runs on the
 same bytes, e.g. configs/lm_stdlib.py and a smaller one) the trained EMA weights
-decode instead, the draft is that second model, the prompt is the start of the
-held-out split, and the context is the models' max_len - gamma + 1.
+decode instead, the draft is that second model, the prompt is held-out text
+from byte --prompt-offset on, the context is the models' max_len - gamma + 1, and
+the generated text is printed (greedy text that loops inflates acceptance).
 Each is jitted, warmed up and timed in alternation, median of --repeats.
 """
 import argparse
