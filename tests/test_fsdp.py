@@ -97,6 +97,6 @@ def test_the_driver_trains_fsdp_sharded_from_the_config_switch(tmp_path):
     assert tuple(kernel.sharding.spec)[:1] == ("fsdp",)
     assert kernel.addressable_shards[0].data.shape == (8, 3, 2, 16)
     with pytest.raises(ValueError, match="fsdp=3 does not divide the 8 devices"):
-        run(3, "bad")
+        main.place_state(sharded, 3)
     with pytest.raises(ValueError, match=r"train.fsdp=0; expected a positive int"):
-        run(0, "bad0")
+        main.place_state(sharded, 0)

@@ -113,6 +113,7 @@ def test_sweep_resumes_and_retrains_only_missing_runs(swept, tmp_path, monkeypat
     assert sorted(trained) == sorted(r["name"] for r in records)
 
 
+@pytest.mark.slow  # the full fit path with the paper's grid and the bootstrap (~18 s)
 def test_fit_path_end_to_end_on_runs_from_a_known_law(tmp_path):
     # Recorded runs whose losses follow a known law exactly, 2 sizes x 3
     # budgets, refitted with --fit-only. L(D) at the largest N is then exactly
