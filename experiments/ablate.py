@@ -57,10 +57,8 @@ def parse_sweeps(config, sweeps: list[str]) -> dict[str, list]:
             raise ValueError(f"--sweep={sweep!r}; expected key=v1,v2,...")
         key, values = sweep.split("=", 1)
         configuration.check_override_key(config, key)
-        node = config
-        for part in key.split(".")[:-1]:
-            node = node[part]
-        current = node[key.split(".")[-1]]
+        node, leaf = _parent(config, key)
+        current = node[leaf]
         cast = type(current) if isinstance(current, (int, float, str)) and not isinstance(current, bool) else str
         if cast is int and any("." in v or "e" in v.lower() for v in values.split(",")):
             cast = float
@@ -68,11 +66,17 @@ def parse_sweeps(config, sweeps: list[str]) -> dict[str, list]:
     return parsed
 
 
+def _parent(config, key: str):
+    """(the ConfigDict holding dotted `key`, the key's last part)."""
+    *path, leaf = key.split(".")
+    for part in path:
+        config = config[part]
+    return config, leaf
+
+
 def _set(config, key: str, value) -> None:
-    node = config
-    for part in key.split(".")[:-1]:
-        node = node[part]
-    node[key.split(".")[-1]] = value
+    node, leaf = _parent(config, key)
+    node[leaf] = value
 
 
 def _with_values(config, values: dict):
