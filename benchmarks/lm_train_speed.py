@@ -1,10 +1,10 @@
 """Training tokens/s and MFU of the transformer LM at two model sizes, one run.
 
     python -m benchmarks.lm_train_speed [--context 256] [--batch 16] [--steps 3] \
-        [--repeats 5] [--dtype float32|bfloat16] [--attention auto]
+        [--repeats 5] [--dtype float32|bfloat16] [--attention auto] [--sizes small,medium]
 
-Sizes: "small" (2 layers, width 128, 4 heads) and "medium" (4 layers, width 256,
-4 heads), byte vocabulary, AdamW through `genjax.train`. The peak is measured
+Sizes: "small" (2 layers, width 128, 4 heads), "medium" (4 layers, width 256,
+4 heads) and, for accelerators, "large" (12 layers, width 768, 12 heads), byte vocabulary, AdamW through `genjax.train`. The peak is measured
 first with a large matmul (benchmarks/peak_flops.py) in the same dtype; then
 each size is warmed up and the two are timed in alternation, median of
 --repeats rounds of --steps jitted steps. MFU = tokens/s x flops_per_token / peak
@@ -24,7 +24,11 @@ from genjax import train
 from genjax.autoregressive import make_lm
 from genjax.nn.transformer import Transformer
 
-SIZES = {"small": dict(num_layers=2, d_model=128, num_heads=4), "medium": dict(num_layers=4, d_model=256, num_heads=4)}
+SIZES = {
+    "small": dict(num_layers=2, d_model=128, num_heads=4),
+    "medium": dict(num_layers=4, d_model=256, num_heads=4),
+    "large": dict(num_layers=12, d_model=768, num_heads=12),  # GPT-2 small's blocks: for accelerators
+}
 
 
 def make_step(size, args):
@@ -52,19 +56,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--attention", default="auto")
+    parser.add_argument("--sizes", default="small,medium", help=f"two or more of {sorted(SIZES)}")
     args = parser.parse_args()
+    sizes = args.sizes.split(",")
+    if len(sizes) < 2 or any(s not in SIZES for s in sizes):
+        parser.error(f"--sizes={args.sizes!r}; expected two or more of {sorted(SIZES)}, comma-separated")
     print(f"device: {device_description()}")
     peak = measure_peak_flops(dtype=getattr(jnp, args.dtype))
     print(f"measured peak ({args.dtype} matmul): {peak / 1e9:,.1f} GFLOP/s")
 
     steps, nets = {}, {}
-    for size in SIZES:
+    for size in sizes:
         nets[size], steps[size] = make_step(size, args)
         for _ in range(2):  # compile + warm-up
             jax.block_until_ready(steps[size]())
-    times = {size: [] for size in SIZES}
+    times = {size: [] for size in sizes}
     for r in range(args.repeats):
-        for size in (list(SIZES) if r % 2 == 0 else list(SIZES)[::-1]):
+        for size in (sizes if r % 2 == 0 else sizes[::-1]):
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 loss = steps[size]()
@@ -73,7 +81,7 @@ def main():
 
     tokens_per_step = args.batch * args.context
     rates = {}
-    for size in SIZES:
+    for size in sizes:
         net = nets[size]
         rate = tokens_per_step / statistics.median(times[size])
         fpt = net.flops_per_token(n_ctx=args.context)
@@ -81,8 +89,9 @@ def main():
         print(f"{size:6s} ({net.num_layers} layers, width {net.d_model}, N = {net.num_params(non_embedding=True):,} "
               f"non-embedding): {rate:,.0f} tokens/s, {fpt / 1e6:.1f} MFLOP/token, "
               f"MFU {100 * train.mfu(rate, fpt, peak):.1f}%")
-    print(f"ratio medium/small tokens/s: {rates['medium'] / rates['small']:.2f}x; FLOPs/token ratio "
-          f"{nets['medium'].flops_per_token(n_ctx=args.context) / nets['small'].flops_per_token(n_ctx=args.context):.2f}x")
+    big, small = sizes[-1], sizes[0]
+    print(f"ratio {big}/{small} tokens/s: {rates[big] / rates[small]:.2f}x; FLOPs/token ratio "
+          f"{nets[big].flops_per_token(n_ctx=args.context) / nets[small].flops_per_token(n_ctx=args.context):.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m benchmarks.lm_vs_torch [--layers 4] [--width 256] [--heads 4] \
         [--context 256] [--batch 16] [--steps 5] [--repeats 7] [--attention auto] \
-        [--gelu tanh] [--single-thread]
+        [--gelu tanh] [--single-thread] [--torch-device cpu|cuda] [--dtype float32|bfloat16]
 
 Both sides train a GPT on a byte vocabulary (256 tokens): learned positions,
 pre-LayerNorm blocks of causal self-attention (qkv and output projections with
@@ -109,13 +109,16 @@ def torch_trainer(args, tokens_np):
         num_layers=args.layers, d_model=args.width, num_heads=args.heads, max_len=args.context,
         gelu="tanh" if args.gelu == "tanh" else "none",
     )
+    model = model.to(args.torch_device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD)
-    tokens = torch.from_numpy(tokens_np).long()
+    tokens = torch.from_numpy(tokens_np).long().to(args.torch_device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
     def step():
-        logits = model(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+        # bfloat16: matmul inputs in bf16, parameters and the loss in float32 (as genjax's dtype).
+        with torch.autocast(args.torch_device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), targets.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -133,6 +136,7 @@ def genjax_step(args, tokens_np):
     net = Transformer(
         vocab_size=VOCAB, num_layers=args.layers, d_model=args.width, num_heads=args.heads,
         max_len=args.context, attention=args.attention, gelu_approximate=args.gelu == "tanh",
+        dtype=getattr(jnp, getattr(args, "dtype", "float32")),
     )
 
     def init(key, batch):
@@ -189,14 +193,24 @@ def main():
     parser.add_argument("--gelu", choices=("tanh", "exact"), default="tanh")
     parser.add_argument("--single-thread", action="store_true",
                         help="one thread each; time process CPU seconds")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="matmul inputs (torch: autocast); parameters stay float32")
+    parser.add_argument("--torch-device", default="cpu",
+                        help="'cuda' to compare with JAX on a GPU (both then use TF32 float32 matmuls)")
     args = parser.parse_args()
+    if args.torch_device != "cpu":
+        # JAX's default float32 matmul precision on GPUs is TF32; let torch use it too.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if args.single_thread:
         torch.set_num_threads(1)
     clock = time.process_time if args.single_thread else time.perf_counter
 
-    print(f"device: {device_description()}; torch {torch.__version__} with {torch.get_num_threads()} threads")
+    print(f"device: {device_description()}; torch {torch.__version__} on {args.torch_device} "
+          f"with {torch.get_num_threads()} threads")
     print(f"model: {args.layers} layers, width {args.width}, {args.heads} heads, context {args.context}, "
-          f"batch {args.batch}, byte vocabulary, AdamW, {args.gelu} GELU; genjax attention={args.attention!r}")
+          f"batch {args.batch}, byte vocabulary, AdamW, {args.gelu} GELU, {args.dtype} matmuls; "
+          f"genjax attention={args.attention!r}")
     print("timing: " + ("process CPU seconds, one thread each" if args.single_thread else "wall seconds"))
     torch.manual_seed(0)
     tokens_np = np.random.default_rng(0).integers(0, VOCAB, (args.batch, args.context + 1), dtype=np.int32)

@@ -12,6 +12,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -148,7 +149,7 @@ def _mfu_fn(exp):
     peak = exp.config.train.get("peak_flops", 0.0)
     if not peak:
         from benchmarks.peak_flops import measure_peak_flops  # the one peak measurement
-        peak = measure_peak_flops()
+        peak = measure_peak_flops(dtype=jnp.dtype(exp.config.model.get("dtype", "float32")))
     return lambda rate: {"mfu": train_lib.mfu(rate, flops_per_step, peak), "peak_flops": peak}
 
 

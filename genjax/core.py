@@ -59,3 +59,21 @@ def check_int(name: str, value, minimum: int = 0) -> int:
         raise ValueError(f"{name} must be a Python int >= {minimum}, got {n}")
     return n
 
+
+
+def interp(x: jax.Array, xp: jax.Array, fp: jax.Array) -> jax.Array:
+    """`jnp.interp(x, xp, fp)` (xp increasing; constant beyond the ends) without a loop.
+
+    `jnp.interp` finds the interval with `jnp.searchsorted`, whose default is a
+    while loop; nested in a `lax.scan` on a GPU, XLA (JAX 0.11) failed at run time
+    ("Failed to evaluate instruction ... depends on ... parameters to its parent
+    computation"). The unrolled binary search has no loop and costs log2(len(xp))
+    comparisons per element.
+    """
+    n = xp.shape[0]
+    i = jnp.clip(jnp.searchsorted(xp, x, side="right", method="scan_unrolled"), 1, n - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    dx = x1 - x0
+    w = jnp.where(dx == 0, 0.0, (x - x0) / jnp.where(dx == 0, 1.0, dx))
+    inside = f0 + w * (f1 - f0)
+    return jnp.where(x <= xp[0], fp[0], jnp.where(x >= xp[n - 1], fp[n - 1], inside))

@@ -394,7 +394,8 @@ def bootstrap_chinchilla(
 
     Resamples the runs with replacement num_samples times (deterministic in
     `key`), refits each resample, and reports the (1 - level)/2 and (1 + level)/2
-    quantiles of E, A, B, alpha, beta and the frontier exponents a, b.
+    quantiles of E, A, B, alpha, beta and the frontier exponents a, b (the order
+    statistics at or just outside them: a percentile interval never narrower).
 
     Each refit starts from `inits` (G, 5) if given, else from the point `start`
     alone; `start` defaults to a full-grid `fit_chinchilla` on all the runs.
@@ -428,10 +429,11 @@ def bootstrap_chinchilla(
         "E": samples.E, "A": samples.A, "B": samples.B,
         "alpha": samples.alpha, "beta": samples.beta, "a": a_S, "b": b_S,
     }
-    q = jnp.asarray([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    ends = {name: jnp.nanquantile(v, q) for name, v in values.items()}
-    low = {name: e[0] for name, e in ends.items()}
-    high = {name: e[1] for name, e in ends.items()}
+    # The order statistics just outside the two quantiles (never interpolated), so
+    # low <= high holds exactly, also when every resample gives the same value (an
+    # interpolated quantile could then invert the interval by rounding).
+    low = {name: jnp.nanquantile(v, (1.0 - level) / 2.0, method="lower") for name, v in values.items()}
+    high = {name: jnp.nanquantile(v, (1.0 + level) / 2.0, method="higher") for name, v in values.items()}
     return ChinchillaBootstrap(samples=samples, a_S=a_S, b_S=b_S, low=low, high=high)
 
 

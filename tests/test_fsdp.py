@@ -20,8 +20,7 @@ def test_fsdp_spec_shards_the_largest_divisible_dimension():
     assert train.fsdp_spec((2,), 4) == P()  # smaller than the axis
 
 
-def test_fsdp_training_equals_unsharded_training():
-    assert jax.device_count() >= 8, "tests/conftest.py forces 8 host devices"
+def test_fsdp_training_equals_unsharded_training(eight_devices):
     lm = make_lm(vocab_size=16, num_layers=1, d_model=16, num_heads=2, max_len=8)
     # AdamW with eps = 1e-3: the update g / (sqrt(v) + eps) then changes by at most
     # lr / eps times a gradient difference, so float rounding from the sharded sums
@@ -40,7 +39,7 @@ def test_fsdp_training_equals_unsharded_training():
 
     want, want_losses = run(jax.jit(train.make_train_fn(lm.loss, tx, unroll=True)), state0)
 
-    mesh = train.fsdp_mesh(4, jax.devices()[:8])  # data 2 x fsdp 4
+    mesh = train.fsdp_mesh(4, eight_devices)  # data 2 x fsdp 4
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
     sharded0 = train.shard_state(state0, mesh)
     fn = jax.jit(train.make_train_fn(lm.loss, tx, mesh=mesh, grad_accum_steps=2, unroll=True))
@@ -61,14 +60,14 @@ def test_fsdp_training_equals_unsharded_training():
         assert leaf.addressable_shards[0].data.shape == (4, 3, 2, 8)
 
 
-def test_fsdp_errors_name_the_problem():
+def test_fsdp_errors_name_the_problem(eight_devices):
     with pytest.raises(ValueError, match="fsdp=3 does not divide the 8 devices"):
-        train.fsdp_mesh(3, jax.devices()[:8])
+        train.fsdp_mesh(3, eight_devices)
     with pytest.raises(ValueError, match=r"mesh axes \('data',\) have no 'fsdp' axis"):
         train.fsdp_shardings({"w": jnp.zeros(4)}, train.default_mesh())
 
 
-def test_the_driver_trains_fsdp_sharded_from_the_config_switch(tmp_path):
+def test_the_driver_trains_fsdp_sharded_from_the_config_switch(tmp_path, eight_devices):
     """train.fsdp = 4 in a config: experiments.main shards the state data 2 x fsdp 4,
     checkpoints and resumes it, and logs the losses of the unsharded run."""
     from experiments import main

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax import core
 from genjax.core import bits_per_dim
 from genjax.diffusion import likelihood
 
@@ -27,3 +28,14 @@ def test_dequantization_into_a_scaled_range():
     y, log_bin_volume = likelihood.uniform_dequantize(jax.random.PRNGKey(0), x_int, 17, low=-1.0, high=1.0)
     np.testing.assert_allclose(log_bin_volume, 2 * math.log(2 / 17), rtol=1e-6)
     assert -1.0 <= float(y[0, 0]) < -1.0 + 2 / 17 and 1.0 - 2 / 17 <= float(y[0, 1]) < 1.0
+
+
+def test_loop_free_interp_equals_jnp_interp():
+    # Random knots with a repeated one, queries inside, outside and on the knots.
+    rng = np.random.default_rng(0)
+    xp = np.sort(rng.normal(size=40)).astype(np.float32)
+    xp[10] = xp[11]
+    fp = rng.normal(size=40).astype(np.float32)
+    x = np.concatenate([rng.normal(scale=2.0, size=500), xp, [xp[0] - 1, xp[-1] + 1]]).astype(np.float32)
+    got = jax.jit(core.interp)(x, xp, fp)
+    np.testing.assert_allclose(got, jnp.interp(x, xp, fp), rtol=1e-6, atol=1e-6)

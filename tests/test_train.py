@@ -57,17 +57,14 @@ def test_ensemble_members_equal_runs_trained_alone():
     assert float(jnp.max(jnp.abs(p[0] - p[2]))) > 1e-4
 
 
-def test_sharded_over_eight_devices_equals_one_device():
-    if jax.default_backend() != "cpu" and jax.device_count() < 8:
-        pytest.skip("needs 8 devices; on CPU tests/conftest.py forces 8 host devices")
-    assert jax.device_count() >= 8, "tests/conftest.py forces 8 host devices"
+def test_sharded_over_eight_devices_equals_one_device(eight_devices):
     model = _model()
     tx, _ = _tx()
     example = DENSITY.sample(jax.random.PRNGKey(0), BATCH)
     state0 = train.init_state(model.init, tx, jax.random.PRNGKey(3), example)
     losses = {}
     for n in (1, 8):
-        mesh = train.default_mesh(jax.devices()[:n])
+        mesh = train.default_mesh(eight_devices[:n])
         fn = jax.jit(train.make_train_fn(model.loss, tx, steps_per_call=10, batch_fn=_batch_fn, mesh=mesh))
         state, metrics = fn(state0)
         losses[n] = np.asarray(metrics["loss"])

@@ -8,6 +8,7 @@ from genjax.nn.transformer import (
     Transformer,
     causal_attention,
     causal_self_attention,
+    cudnn_attention_applies,
     flops_per_token,
     num_params,
     rotary,
@@ -263,6 +264,31 @@ def test_auto_attention_and_exact_gelu():
     assert 1e-6 < diff < 0.05 * float(jnp.abs(auto).max())
     with pytest.raises(ValueError, match="attention='flash'"):
         tiny(attention="flash").init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("T", [100, 256])  # 100: no multiple of cuDNN's tiles
+def test_auto_attention_takes_cudnn_for_bfloat16_on_gpus(T):
+    kq, kk, kv = jax.random.split(jax.random.key(21), 3)
+    q, k, v = (jax.random.normal(kx, (2, T, 4, 64), jnp.bfloat16) for kx in (kq, kk, kv))
+    assert cudnn_attention_applies(q) and not cudnn_attention_applies(q.astype(jnp.float32))
+    ref = causal_attention(*(x.astype(jnp.float32) for x in (q, k, v)), jnp.arange(T), implementation="einsum")
+    loss = lambda impl: lambda q, k, v: jnp.sum(causal_self_attention(q, k, v, implementation=impl).astype(jnp.float32) * ref)  # noqa: E731
+    out = jax.jit(lambda q, k, v: causal_self_attention(q, k, v, implementation="auto"))(q, k, v)
+    hlo = jax.jit(jax.grad(loss("auto"), argnums=(0, 1, 2))).lower(q, k, v).as_text()
+    assert "cudnn" in hlo.lower()  # the fused kernel's custom call
+    # bf16 inputs and output: relative error a few bf16 ulps (2^-8 = 0.4%).
+    assert float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref)) < 1e-2
+    g_auto = jax.jit(jax.grad(loss("auto"), argnums=(0, 1, 2)))(q, k, v)
+    g_xla = jax.jit(jax.grad(loss("xla"), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g_auto, g_xla):
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 2e-2
+    # Ensemble members (vmap over a leading axis) take the same kernel.
+    batched = jax.jit(jax.vmap(lambda q, k, v: causal_self_attention(q, k, v, implementation="auto")))(
+        q[None].repeat(3, 0), k[None].repeat(3, 0), v[None].repeat(3, 0))
+    diff = batched[1].astype(jnp.float32) - out.astype(jnp.float32)
+    assert float(jnp.linalg.norm(diff) / jnp.linalg.norm(ref)) < 1e-2
 
 
 def test_mfu_is_achieved_over_peak_flops():

@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from genjax.core import interp
 from genjax.diffusion.sde import SDE, broadcast_to_batch
 
 
@@ -36,7 +37,7 @@ def importance_time_sampler(sde: SDE, eps: float, grid_size: int = 2048):
 
     def sample(key, shape):
         u = jax.random.uniform(key, shape) * total
-        return jnp.interp(u, cdf, ts)
+        return interp(u, cdf, ts)
 
     return sample, total
 

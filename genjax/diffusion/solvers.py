@@ -39,7 +39,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from genjax.core import check_int
+from genjax.core import check_int, interp
 from genjax.diffusion.parameterization import (  # noqa: F401  (re-exported)
     denoiser_from_score,
     edm_denoiser,
@@ -77,7 +77,7 @@ def t_from_log_snr(sde: SDE, lam, t_min: float, t_max: float):
     lam = jnp.asarray(lam, jnp.float32)
     u = jnp.linspace(0.0, 1.0, _TABLE_SIZE)
     t_table = t_min + (t_max - t_min) * u * u
-    t = jnp.interp(-lam, -log_snr(sde, t_table), t_table)
+    t = interp(-lam, -log_snr(sde, t_table), t_table)
     for _ in range(_NEWTON_STEPS):
         value, slope = jax.jvp(lambda s: log_snr(sde, s), (t,), (jnp.ones_like(t),))
         t = jnp.clip(t - (value - lam) / slope, t_min, t_max)

@@ -57,11 +57,30 @@ def rotary(x_BTHK: jax.Array, pos_T: jax.Array, base: float = 10_000.0) -> jax.A
     return out.astype(x_BTHK.dtype)
 
 
-def _resolve(implementation: str) -> str:
-    """'auto' -> 'blocked' on CPU, 'dpa' (jax.nn.dot_product_attention, which picks
-    a fused kernel where the backend has one) elsewhere."""
+def _on_nvidia_gpu() -> bool:
+    return jax.default_backend() == "gpu" and jax.devices()[0].device_kind.upper().startswith("NVIDIA")
+
+
+def cudnn_attention_applies(q_BTHK: jax.Array) -> bool:
+    """Whether cuDNN's fused flash attention takes these queries: an NVIDIA GPU,
+    16-bit inputs and a head size that is a multiple of 8 up to 128."""
+    head = q_BTHK.shape[-1]
+    return (_on_nvidia_gpu() and q_BTHK.dtype in (jnp.bfloat16, jnp.float16)
+            and head % 8 == 0 and head <= 128)
+
+
+def _resolve(implementation: str, q_BTHK: jax.Array | None = None) -> str:
+    """'auto' -> 'blocked' on CPU; 'cudnn' where `cudnn_attention_applies(q_BTHK)`;
+    'dpa' (jax.nn.dot_product_attention with JAX's choice) elsewhere.
+
+    JAX's own choice (implementation=None) is XLA's unfused attention even where
+    cuDNN applies; on an H100 the bf16 12 x 768 LM at context 1024 trains 2.1x
+    faster with cuDNN (docs/RESULTS.md).
+    """
     if implementation == "auto":
-        return "blocked" if jax.default_backend() == "cpu" else "dpa"
+        if jax.default_backend() == "cpu":
+            return "blocked"
+        return "cudnn" if q_BTHK is not None and cudnn_attention_applies(q_BTHK) else "dpa"
     if implementation not in _ATTENTION:
         raise ValueError(f"attention implementation={implementation!r}; expected one of {_ATTENTION}")
     return implementation
@@ -126,9 +145,10 @@ def causal_self_attention(
       "einsum": one masked (T, T) softmax.
       "xla" / "cudnn" / "dpa": `jax.nn.dot_product_attention(is_causal=True)`
         (cuDNN's fused flash-attention kernel on GPUs; "dpa" lets JAX choose).
-      "auto": "blocked" on CPU, "dpa" elsewhere.
+      "auto": "blocked" on CPU, "cudnn" for 16-bit inputs on NVIDIA GPUs
+        (`cudnn_attention_applies`), "dpa" otherwise.
     """
-    impl = _resolve(implementation)
+    impl = _resolve(implementation, q_BTHK)
     T = q_BTHK.shape[1]
     if impl in ("xla", "cudnn", "dpa"):
         return jax.nn.dot_product_attention(
@@ -235,8 +255,9 @@ class Transformer(nn.Module):
       positions: "learned" (GPT-2) or "rotary" (RoFormer).
       tie_embeddings: share the token embedding with the unembedding.
       dtype: matmul input dtype (float32 or bfloat16).
-      attention: "auto" (default: blocked causal softmax on CPU,
-        `jax.nn.dot_product_attention` elsewhere), "blocked", "einsum", "dpa",
+      attention: "auto" (default: blocked causal softmax on CPU, cuDNN's fused
+        kernel for bfloat16 on NVIDIA GPUs, `jax.nn.dot_product_attention`'s
+        choice otherwise), "blocked", "einsum", "dpa",
         "xla" or "cudnn" (see `causal_self_attention`; the KV-cache path uses
         `causal_attention`).
       gelu_approximate: tanh-approximate GELU (default, cheaper on CPU) or the
