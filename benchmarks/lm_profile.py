@@ -77,8 +77,9 @@ def main():
     lm_vs_torch.add_model_args(parser)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--attention", default="auto", help="genjax Transformer.attention")
     args = parser.parse_args()
-    args.attention, args.gelu = "auto", "tanh"
+    args.gelu = "tanh"
     tokens_np = np.random.default_rng(0).integers(0, 256, (args.batch, args.context + 1), dtype=np.int32)
 
     jax_ms = jax_profile(args, tokens_np, args.steps)

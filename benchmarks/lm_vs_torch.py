@@ -49,6 +49,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import device_description  # noqa: E402
+from experiments import cpu_kernels  # noqa: E402
 from genjax import train  # noqa: E402
 from genjax.autoregressive.lm import token_nll  # noqa: E402
 from genjax.nn.transformer import Transformer  # noqa: E402
@@ -135,8 +136,9 @@ def genjax_step(args, tokens_np):
     """(jitted train step, initial state, its batches argument) of the genjax side."""
     net = Transformer(
         vocab_size=VOCAB, num_layers=args.layers, d_model=args.width, num_heads=args.heads,
-        max_len=args.context, attention=args.attention, gelu_approximate=args.gelu == "tanh",
-        dtype=getattr(jnp, getattr(args, "dtype", "float32")),
+        max_len=args.context, gelu_approximate=args.gelu == "tanh",
+        **cpu_kernels.kernel_options(args.attention, args.layer_norm),
+        dtype=getattr(jnp, args.dtype),
     )
 
     def init(key, batch):
@@ -182,6 +184,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--layer-norm", default="auto", help="genjax Transformer.layer_norm (auto: the CPU kernel)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="matmul inputs (torch: autocast); parameters stay float32")
+    parser.add_argument("--torch-device", default="cpu",
+                        help="'cuda' to compare with JAX on a GPU (both then use TF32 float32 matmuls)")
 
 
 def main():
@@ -193,10 +200,8 @@ def main():
     parser.add_argument("--gelu", choices=("tanh", "exact"), default="tanh")
     parser.add_argument("--single-thread", action="store_true",
                         help="one thread each; time process CPU seconds")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="matmul inputs (torch: autocast); parameters stay float32")
-    parser.add_argument("--torch-device", default="cpu",
-                        help="'cuda' to compare with JAX on a GPU (both then use TF32 float32 matmuls)")
+    parser.add_argument("--with-xla-kernels", action="store_true",
+                        help="also time genjax with XLA's attention and LayerNorm (no CPU kernels), in the same rounds")
     args = parser.parse_args()
     if args.torch_device != "cpu":
         # JAX's default float32 matmul precision on GPUs is TF32; let torch use it too.
@@ -210,36 +215,43 @@ def main():
           f"with {torch.get_num_threads()} threads")
     print(f"model: {args.layers} layers, width {args.width}, {args.heads} heads, context {args.context}, "
           f"batch {args.batch}, byte vocabulary, AdamW, {args.gelu} GELU, {args.dtype} matmuls; "
-          f"genjax attention={args.attention!r}")
+          f"genjax {cpu_kernels.kernel_options(args.attention, args.layer_norm)}")
     print("timing: " + ("process CPU seconds, one thread each" if args.single_thread else "wall seconds"))
     torch.manual_seed(0)
     tokens_np = np.random.default_rng(0).integers(0, VOCAB, (args.batch, args.context + 1), dtype=np.int32)
     model, torch_step = torch_trainer(args, tokens_np)
-    jax_step = genjax_trainer(args, tokens_np)
+    sides = {"genjax": genjax_trainer(args, tokens_np)}
+    if args.with_xla_kernels:
+        xla_args = argparse.Namespace(**{**vars(args), "attention": "blocked", "layer_norm": "xla"})
+        sides["genjax, XLA attention and LayerNorm"] = genjax_trainer(xla_args, tokens_np)
+    sides["torch"] = torch_step
     print(f"parameters: torch {sum(p.numel() for p in model.parameters()):,}")
 
     t0 = time.perf_counter()
-    first_loss = jax_step()
+    first_loss = sides["genjax"]()
     print(f"genjax first step (compile included): {time.perf_counter() - t0:.1f} s, loss {first_loss:.3f}; "
           f"torch first loss {torch_step():.3f} (ln 256 = {math.log(VOCAB):.3f})")
     for _ in range(2):  # warm-up
-        jax_step()
-        torch_step()
+        for step in sides.values():
+            step()
 
-    jax_times, torch_times = [], []
+    names = list(sides)
+    times = {name: [] for name in names}
     for r in range(args.repeats):
-        # Alternate which side goes first, so slow drifts in machine load cancel.
-        order = (("jax", jax_step), ("torch", torch_step)) if r % 2 == 0 else (("torch", torch_step), ("jax", jax_step))
-        for name, step in order:
-            seconds, _ = timed(step, args.steps, clock)
-            (jax_times if name == "jax" else torch_times).append(seconds)
+        # Rotate which side goes first, so slow drifts in machine load hit all alike.
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            seconds, _ = timed(sides[name], args.steps, clock)
+            times[name].append(seconds)
     tokens_per_step = args.batch * args.context
-    jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
-    print(f"per-step seconds, genjax: {' '.join(f'{t:.3f}' for t in jax_times)}")
-    print(f"per-step seconds, torch:  {' '.join(f'{t:.3f}' for t in torch_times)}")
-    print(f"genjax: {tokens_per_step / jax_s:,.0f} tokens/s ({jax_s * 1e3:.1f} ms/step, median of {args.repeats})")
-    print(f"torch:  {tokens_per_step / torch_s:,.0f} tokens/s ({torch_s * 1e3:.1f} ms/step)")
-    print(f"ratio genjax / torch tokens/s: {torch_s / jax_s:.2f}x")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name in names:
+        print(f"per-step seconds, {name}: {' '.join(f'{t:.3f}' for t in times[name])}")
+    for name in names:
+        print(f"{name}: {tokens_per_step / medians[name]:,.0f} tokens/s ({medians[name] * 1e3:.1f} ms/step, "
+              f"median of {args.repeats})")
+    for name in names[:-1]:
+        label = "genjax / torch" if name == "genjax" else f"{name} / torch"
+        print(f"ratio {label} tokens/s: {medians['torch'] / medians[name]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax.nn.dropout import Dropout
+from genjax.nn import cpu_kernels
 
 _POSITIONS = ("learned", "rotary")
-_ATTENTION = ("auto", "blocked", "einsum", "dpa", "xla", "cudnn")
+_ATTENTION = ("auto", "blocked", "einsum", "dpa", "xla", "cudnn", "cpu_kernel")
 
 
 class KVCache(NamedTuple):
@@ -147,9 +148,16 @@ def causal_self_attention(
         (cuDNN's fused flash-attention kernel on GPUs; "dpa" lets JAX choose).
       "auto": "blocked" on CPU, "cudnn" for 16-bit inputs on NVIDIA GPUs
         (`cudnn_attention_applies`), "dpa" otherwise.
+      "cpu_kernel": the fused FlashAttention-2 CPU kernel (genjax.nn.cpu_kernels;
+        its FFI targets registered by experiments.cpu_kernels), "blocked" where
+        the kernel does not apply.
     """
     impl = _resolve(implementation, q_BTHK)
     T = q_BTHK.shape[1]
+    if impl == "cpu_kernel":
+        if cpu_kernels.attention_applies(q_BTHK):
+            return cpu_kernels.causal_self_attention(q_BTHK, k_BTHK, v_BTHK)
+        impl = "blocked"
     if impl in ("xla", "cudnn", "dpa"):
         return jax.nn.dot_product_attention(
             q_BTHK, k_BTHK, v_BTHK, is_causal=True, implementation=None if impl == "dpa" else impl
@@ -201,7 +209,7 @@ class _Attention(nn.Module):
             v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BTHK.astype(v_cache.dtype), write_pos, 1)
             # The cached path masks by position, which cuDNN's flag cannot express.
             impl = _resolve(self.implementation)
-            impl = "xla" if impl in ("cudnn", "dpa") else impl
+            impl = {"cudnn": "xla", "dpa": "xla", "cpu_kernel": "einsum"}.get(impl, impl)
             out_BTHK = causal_attention(
                 q_BTHK, k_cache.astype(q_BTHK.dtype), v_cache.astype(q_BTHK.dtype), pos_T,
                 implementation=impl,
@@ -211,6 +219,32 @@ class _Attention(nn.Module):
         out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
         y_BTD = nn.DenseGeneral(D, axis=(-2, -1), dtype=self.dtype, kernel_init=out_init, name="out")(out_BTHK)
         return y_BTD, new_kv
+
+
+_LAYER_NORM = ("xla", "cpu_kernel")
+
+
+class FusedLayerNorm(nn.Module):
+    """flax's `nn.LayerNorm` (epsilon 1e-6; params "scale" and "bias", so checkpoints
+    are interchangeable) through the fused CPU kernel (`genjax.nn.cpu_kernels`),
+    or through XLA where the kernel does not apply."""
+
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        D = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (D,))
+        bias = self.param("bias", nn.initializers.zeros, (D,))
+        if cpu_kernels.layer_norm_applies(x):
+            return cpu_kernels.layer_norm(x, scale, bias, self.epsilon)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+def _layer_norm(implementation: str, name: str | None = None) -> nn.Module:
+    return FusedLayerNorm(name=name) if implementation == "cpu_kernel" else nn.LayerNorm(name=name)
 
 
 class _Block(nn.Module):
@@ -223,6 +257,7 @@ class _Block(nn.Module):
     rope_base: float
     dtype: Any
     gelu_approximate: bool = True
+    layer_norm: str = "xla"
 
     @nn.compact
     def __call__(self, x_BTD, pos_T, kv=None, write_pos=None, deterministic=True):
@@ -231,11 +266,12 @@ class _Block(nn.Module):
             self.num_heads, self.num_layers, self.positions, self.implementation,
             self.rope_base, self.dtype, name="attn",
         )
-        h_BTD, new_kv = attn(nn.LayerNorm(name="ln1")(x_BTD), pos_T, kv, write_pos)
+        h_BTD, new_kv = attn(_layer_norm(self.layer_norm, "ln1")(x_BTD), pos_T, kv, write_pos)
         x_BTD = x_BTD + Dropout(self.dropout)(h_BTD, deterministic=deterministic)
         init = nn.initializers.normal(0.02)
         out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
-        h_BTF = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=init, name="fc")(nn.LayerNorm(name="ln2")(x_BTD))
+        h_BTF = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=init, name="fc")(
+            _layer_norm(self.layer_norm, "ln2")(x_BTD))
         h_BTF = jax.nn.gelu(h_BTF, approximate=self.gelu_approximate)
         h_BTD = nn.Dense(D, dtype=self.dtype, kernel_init=out_init, name="proj")(h_BTF)
         x_BTD = x_BTD + Dropout(self.dropout)(h_BTD, deterministic=deterministic)
@@ -258,11 +294,13 @@ class Transformer(nn.Module):
       attention: "auto" (default: blocked causal softmax on CPU, cuDNN's fused
         kernel for bfloat16 on NVIDIA GPUs, `jax.nn.dot_product_attention`'s
         choice otherwise), "blocked", "einsum", "dpa",
-        "xla" or "cudnn" (see `causal_self_attention`; the KV-cache path uses
+        "xla", "cudnn" or "cpu_kernel" (see `causal_self_attention`; the KV-cache path uses
         `causal_attention`).
       gelu_approximate: tanh-approximate GELU (default, cheaper on CPU) or the
         exact erf form.
       rope_base: rotary frequency base.
+      layer_norm: "xla" (flax's nn.LayerNorm) or "cpu_kernel" (`FusedLayerNorm`,
+        the same function and parameters through the fused CPU kernel).
 
     Apply methods: `__call__` (training / full forward) and `cached_call`
     (feeds tokens into a KVCache). The plain methods `init_cache`, `prefill`,
@@ -283,6 +321,7 @@ class Transformer(nn.Module):
     attention: str = "auto"
     rope_base: float = 10_000.0
     gelu_approximate: bool = True
+    layer_norm: str = "xla"
 
     def setup(self):
         if self.d_model % self.num_heads:
@@ -291,6 +330,8 @@ class Transformer(nn.Module):
             raise ValueError(f"positions={self.positions!r}; expected one of {_POSITIONS}")
         if self.attention not in _ATTENTION:
             raise ValueError(f"attention={self.attention!r}; expected one of {_ATTENTION}")
+        if self.layer_norm not in _LAYER_NORM:
+            raise ValueError(f"layer_norm={self.layer_norm!r}; expected one of {_LAYER_NORM}")
         if self.positions == "rotary" and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"rotary positions need an even head_dim; got {self.d_model // self.num_heads}")
         init = nn.initializers.normal(0.02)
@@ -303,11 +344,11 @@ class Transformer(nn.Module):
             _Block(
                 self.num_heads, self.num_layers, self.d_ff or 4 * self.d_model, self.dropout,
                 self.positions, self.attention, self.rope_base, self.dtype, self.gelu_approximate,
-                name=f"block_{i}",
+                self.layer_norm, name=f"block_{i}",
             )
             for i in range(self.num_layers)
         ]
-        self.ln_f = nn.LayerNorm()
+        self.ln_f = _layer_norm(self.layer_norm)
         self.drop = Dropout(self.dropout)
 
     def _forward(self, tokens_BT, pos, cache, deterministic):

@@ -1,0 +1,113 @@
+"""Fused CPU kernels (XLA FFI custom calls): causal self-attention and LayerNorm.
+
+XLA:CPU runs attention as several passes over the (T, T) scores with copies
+around small batched matmuls, and LayerNorm as separate reductions and
+broadcasts; on a 2-core CPU the two cost more than the matrix products of a
+small GPT (docs/performance.md). Two C++ kernels do each in one pass:
+
+  causal_self_attention: FlashAttention-2 (Dao 2023, Algorithms 1 and 2) per
+    (batch, head): query and key tiles of 64, an online softmax that keeps only
+    the row log-sum-exp, a backward pass that recomputes probabilities tile by
+    tile, tiles above the diagonal skipped.
+  layer_norm: y = (x - mean) / sqrt(var + eps) * scale + bias (Ba et al. 2016)
+    and its exact gradient, one pass per row.
+
+This module only *calls* the kernels by their FFI target names. Building the C++
+sources (experiments/kernels/) and registering the targets is glue:
+`experiments.cpu_kernels.register()`. Where a kernel does not apply (`*_applies`)
+callers use XLA's version; both are float32-only and CPU-only.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ATTENTION_FORWARD = "genjax_causal_attention_forward"
+ATTENTION_BACKWARD = "genjax_causal_attention_backward"
+LAYER_NORM_FORWARD = "genjax_layer_norm_forward"
+LAYER_NORM_BACKWARD = "genjax_layer_norm_backward"
+
+
+def attention_applies(q_BTHK: jax.Array) -> bool:
+    """CPU, float32, a head size that is a multiple of 16 up to 128."""
+    head = q_BTHK.shape[-1]
+    return (jax.default_backend() == "cpu" and q_BTHK.dtype == jnp.float32
+            and head % 16 == 0 and head <= 128)
+
+
+def layer_norm_applies(x: jax.Array) -> bool:
+    return jax.default_backend() == "cpu" and x.dtype == jnp.float32
+
+
+def _call(target, results, *args, **attrs):
+    # broadcast_all: vmapped (ensemble) axes arrive as leading dimensions of every
+    # operand; the kernels fold them into the batch (attention) or into per-member
+    # groups of rows (LayerNorm's scale and bias).
+    attrs = {k: np.float32(v) for k, v in attrs.items()}
+    return jax.ffi.ffi_call(target, results, vmap_method="broadcast_all")(*args, **attrs)
+
+
+def _like(*arrays):
+    return tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in arrays)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _attention_forward(q_BTHK, k_BTHK, v_BTHK):
+    *lead, T, H, K = q_BTHK.shape
+    lse = jax.ShapeDtypeStruct((*lead, H, T), jnp.float32)
+    return _call(ATTENTION_FORWARD, (*_like(q_BTHK), lse), q_BTHK, k_BTHK, v_BTHK, scale=1.0 / np.sqrt(K))
+
+
+@jax.custom_vjp
+def causal_self_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(K) + causal mask) v for float32 (..., T, H, K) inputs."""
+    return _attention_forward(q_BTHK, k_BTHK, v_BTHK)[0]
+
+
+def _attention_vjp_forward(q_BTHK, k_BTHK, v_BTHK):
+    out, lse = _attention_forward(q_BTHK, k_BTHK, v_BTHK)
+    return out, (q_BTHK, k_BTHK, v_BTHK, out, lse)
+
+
+def _attention_vjp_backward(residuals, g_BTHK):
+    q_BTHK, k_BTHK, v_BTHK = residuals[:3]
+    return tuple(_call(ATTENTION_BACKWARD, _like(q_BTHK, k_BTHK, v_BTHK), *residuals, g_BTHK,
+                       scale=1.0 / np.sqrt(q_BTHK.shape[-1])))
+
+
+causal_self_attention.defvjp(_attention_vjp_forward, _attention_vjp_backward)
+
+
+# ----------------------------------------------------------------------------- LayerNorm
+
+
+def _layer_norm_forward(x, scale, bias, eps):
+    rows = jax.ShapeDtypeStruct(x.shape[:-1], jnp.float32)
+    return _call(LAYER_NORM_FORWARD, (*_like(x), rows, rows), x, scale, bias, eps=eps)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis; float32."""
+    return _layer_norm(x, scale, bias, float(eps))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps):
+    return _layer_norm_forward(x, scale, bias, eps)[0]
+
+
+def _layer_norm_vjp_forward(x, scale, bias, eps):
+    y, mean, rstd = _layer_norm_forward(x, scale, bias, eps)
+    return y, (x, scale, mean, rstd)
+
+
+def _layer_norm_vjp_backward(eps, residuals, g):
+    del eps  # rstd already holds it
+    x, scale = residuals[:2]
+    return tuple(_call(LAYER_NORM_BACKWARD, _like(x, scale, scale), *residuals, g))
+
+
+_layer_norm.defvjp(_layer_norm_vjp_forward, _layer_norm_vjp_backward)
