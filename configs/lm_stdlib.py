@@ -35,7 +35,8 @@ def get_config():
     c.model.positions = "rotary"        # learned | rotary
     c.model.tie_embeddings = False
     c.model.dtype = "float32"           # float32 | bfloat16 (matmul inputs)
-    c.model.attention = "auto"          # auto (blocked on CPU, fused dot_product_attention elsewhere) | blocked | einsum | dpa | xla | cudnn
+    c.model.attention = "auto"          # auto (CPU kernel or blocked on CPU, cuDNN for bf16 on NVIDIA GPUs) | cpu_kernel | blocked | einsum | dpa | xla | cudnn
+    c.model.layer_norm = "auto"         # auto (CPU kernel where it builds, else XLA) | cpu_kernel | xla
 
     c.optim = common.optimizer(learning_rate=2e-3, warmup_steps=50)
     c.optim.weight_decay = 0.01

@@ -27,6 +27,8 @@ HEADER = SOURCES[0].parent / "parallel.h"
 SYMBOLS = {  # FFI target -> the handler the library exports
     cpu_kernels.ATTENTION_FORWARD: "GenjaxCausalAttentionForward",
     cpu_kernels.ATTENTION_BACKWARD: "GenjaxCausalAttentionBackward",
+    cpu_kernels.PACKED_ATTENTION_FORWARD: "GenjaxPackedCausalAttentionForward",
+    cpu_kernels.PACKED_ATTENTION_BACKWARD: "GenjaxPackedCausalAttentionBackward",
     cpu_kernels.LAYER_NORM_FORWARD: "GenjaxLayerNormForward",
     cpu_kernels.LAYER_NORM_BACKWARD: "GenjaxLayerNormBackward",
 }

@@ -47,6 +47,22 @@ def test_attention_kernel_under_vmap_is_per_member():
         np.testing.assert_allclose(batched[m], cpu_kernels.causal_self_attention(*qkv[:, m]), rtol=1e-6, atol=1e-6)
 
 
+def test_packed_attention_kernel_equals_the_three_array_one():
+    qkv = jax.random.normal(jax.random.key(4), (2, 3, 70, 3, 2, 32))  # (member, B, T, 3, H, K)
+    g = jax.random.normal(jax.random.key(5), (2, 3, 70, 2, 32))
+
+    def loss_packed(qkv, g):
+        return jnp.sum(cpu_kernels.packed_causal_self_attention(qkv) * g)
+
+    def loss_split(qkv, g):
+        return jnp.sum(cpu_kernels.causal_self_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]) * g)
+    # Bit for bit: the same arithmetic, only the addressing differs.
+    np.testing.assert_array_equal(jax.jit(jax.vmap(jax.grad(loss_packed)))(qkv, g),
+                                  jax.jit(jax.vmap(jax.grad(loss_split)))(qkv, g))
+    np.testing.assert_array_equal(cpu_kernels.packed_causal_self_attention(qkv[0]),
+                                  cpu_kernels.causal_self_attention(qkv[0, :, :, 0], qkv[0, :, :, 1], qkv[0, :, :, 2]))
+
+
 def test_layer_norm_kernel_equals_flax_layer_norm_with_gradients():
     kx, ks, kb, kg = jax.random.split(jax.random.key(5), 4)
     x = 3.0 + 2.0 * jax.random.normal(kx, (4, 33, 48))  # an offset mean: the variance is centred
@@ -81,8 +97,9 @@ def test_layer_norm_kernel_under_vmap_keeps_each_members_scale():
             np.testing.assert_allclose(a[m], b, rtol=1e-5, atol=1e-5)
 
 
-def test_transformer_with_kernels_equals_the_xla_transformer():
-    cfg = dict(vocab_size=19, num_layers=2, d_model=32, num_heads=2, max_len=40)
+@pytest.mark.parametrize("positions", ["learned", "rotary"])  # the packed and the three-array kernel
+def test_transformer_with_kernels_equals_the_xla_transformer(positions):
+    cfg = dict(vocab_size=19, num_layers=2, d_model=32, num_heads=2, max_len=40, positions=positions)
     plain, fused = Transformer(**cfg, attention="einsum"), Transformer(**cfg, attention="cpu_kernel", layer_norm="cpu_kernel")
     tokens = jax.random.randint(jax.random.key(9), (3, 40), 0, 19)
     params = plain.init(jax.random.key(10), tokens)["params"]

@@ -36,10 +36,13 @@ Shape ShapeOf(ffi::Span<const int64_t> dims) {
 }
 
 // Rows [r0, r0 + n) of one head into a contiguous (n, K) tile; rows past T are zeros.
-void LoadRows(const float* x, const Shape& s, int64_t b, int64_t h, int64_t r0, int64_t n, float* tile) {
+// Token t of batch b starts at x + (b T + t) stride: stride is H K for a (B, T, H, K)
+// array, 3 H K for one third of a packed (B, T, 3, H, K) qkv.
+void LoadRows(const float* x, int64_t stride, const Shape& s, int64_t b, int64_t h, int64_t r0, int64_t n,
+              float* tile) {
   for (int64_t r = 0; r < n; ++r) {
     if (r0 + r < s.T) {
-      const float* src = x + ((b * s.T + r0 + r) * s.H + h) * s.K;
+      const float* src = x + (b * s.T + r0 + r) * stride + h * s.K;
       std::copy(src, src + s.K, tile + r * s.K);
     } else {
       std::fill(tile + r * s.K, tile + (r + 1) * s.K, 0.0f);
@@ -47,9 +50,10 @@ void LoadRows(const float* x, const Shape& s, int64_t b, int64_t h, int64_t r0, 
   }
 }
 
-void StoreRows(float* x, const Shape& s, int64_t b, int64_t h, int64_t r0, int64_t n, const float* tile) {
+void StoreRows(float* x, int64_t stride, const Shape& s, int64_t b, int64_t h, int64_t r0, int64_t n,
+               const float* tile) {
   for (int64_t r = 0; r < n && r0 + r < s.T; ++r)
-    std::copy(tile + r * s.K, tile + (r + 1) * s.K, x + ((b * s.T + r0 + r) * s.H + h) * s.K);
+    std::copy(tile + r * s.K, tile + (r + 1) * s.K, x + (b * s.T + r0 + r) * stride + h * s.K);
 }
 
 // C (64, 16 NV) (+)= A (64, inner) . B (inner, 16 NV), row-major with leading dimensions.
@@ -103,20 +107,20 @@ void MaskScale(int64_t i0, int64_t j0, float scale, float* s) {
     for (int64_t j = 0; j < kTile; ++j) s[i * kTile + j] = (j0 + j <= i0 + i) ? s[i * kTile + j] * scale : kMasked;
 }
 
-void ForwardHead(const float* q, const float* k, const float* v, const Shape& s, int64_t bh, float scale,
-                 float* o, float* lse) {
-  const int64_t b = bh / s.H, h = bh % s.H, K = s.K;
+void ForwardHead(const float* q, const float* k, const float* v, int64_t qkv_stride, const Shape& s, int64_t bh,
+                 float scale, float* o, float* lse) {
+  const int64_t b = bh / s.H, h = bh % s.H, K = s.K, HK = s.H * s.K;
   std::vector<float> qt(kTile * K), kr(kTile * K), kt(K * kTile), vr(kTile * K), acc(kTile * K), sc(kTile * kTile);
   std::vector<float> m(kTile), l(kTile);
   for (int64_t i0 = 0; i0 < s.T; i0 += kTile) {
-    LoadRows(q, s, b, h, i0, kTile, qt.data());
+    LoadRows(q, qkv_stride, s, b, h, i0, kTile, qt.data());
     std::fill(acc.begin(), acc.end(), 0.0f);
     std::fill(m.begin(), m.end(), kMasked);
     std::fill(l.begin(), l.end(), 0.0f);
     for (int64_t j0 = 0; j0 <= i0; j0 += kTile) {
-      LoadRows(k, s, b, h, j0, kTile, kr.data());
+      LoadRows(k, qkv_stride, s, b, h, j0, kTile, kr.data());
       Transpose(kr.data(), kTile, K, kt.data());
-      LoadRows(v, s, b, h, j0, kTile, vr.data());
+      LoadRows(v, qkv_stride, s, b, h, j0, kTile, vr.data());
       GemmTile(qt.data(), kt.data(), sc.data(), K);
       MaskScale(i0, j0, scale, sc.data());
       for (int64_t i = 0; i < kTile; ++i) {
@@ -140,21 +144,22 @@ void ForwardHead(const float* q, const float* k, const float* v, const Shape& s,
       for (int64_t d = 0; d < K; ++d) acc[i * K + d] *= inv;
       lse[bh * s.T + i0 + i] = m[i] + std::log(l[i]);
     }
-    StoreRows(o, s, b, h, i0, kTile, acc.data());
+    StoreRows(o, HK, s, b, h, i0, kTile, acc.data());
   }
 }
 
-void BackwardHead(const float* q, const float* k, const float* v, const float* o, const float* lse,
-                  const float* dout, const Shape& s, int64_t bh, float scale, float* dq, float* dk, float* dv) {
-  const int64_t b = bh / s.H, h = bh % s.H, K = s.K, T = s.T, Tp = s.padded_T();
+void BackwardHead(const float* q, const float* k, const float* v, int64_t qkv_stride, const float* o,
+                  const float* lse, const float* dout, const Shape& s, int64_t bh, float scale, float* dq, float* dk,
+                  float* dv) {
+  const int64_t b = bh / s.H, h = bh % s.H, K = s.K, T = s.T, Tp = s.padded_T(), HK = s.H * s.K;
   std::vector<float> qh(Tp * K), doh(Tp * K), dqh(Tp * K, 0.0f), delta(Tp, 0.0f), row_lse(Tp, 0.0f);
   std::vector<float> kr(kTile * K), kt(K * kTile), vr(kTile * K), vt(K * kTile), dka(kTile * K), dva(kTile * K);
   std::vector<float> p(kTile * kTile), pt(kTile * kTile), ds(kTile * kTile);
-  LoadRows(q, s, b, h, 0, Tp, qh.data());
-  LoadRows(dout, s, b, h, 0, Tp, doh.data());
+  LoadRows(q, qkv_stride, s, b, h, 0, Tp, qh.data());
+  LoadRows(dout, HK, s, b, h, 0, Tp, doh.data());
   {
     std::vector<float> oh(Tp * K);
-    LoadRows(o, s, b, h, 0, Tp, oh.data());
+    LoadRows(o, HK, s, b, h, 0, Tp, oh.data());
     for (int64_t t = 0; t < T; ++t) {
       float sum = 0.0f;
       for (int64_t d = 0; d < K; ++d) sum += oh[t * K + d] * doh[t * K + d];
@@ -163,9 +168,9 @@ void BackwardHead(const float* q, const float* k, const float* v, const float* o
     }
   }
   for (int64_t j0 = 0; j0 < T; j0 += kTile) {
-    LoadRows(k, s, b, h, j0, kTile, kr.data());
+    LoadRows(k, qkv_stride, s, b, h, j0, kTile, kr.data());
     Transpose(kr.data(), kTile, K, kt.data());
-    LoadRows(v, s, b, h, j0, kTile, vr.data());
+    LoadRows(v, qkv_stride, s, b, h, j0, kTile, vr.data());
     Transpose(vr.data(), kTile, K, vt.data());
     std::fill(dka.begin(), dka.end(), 0.0f);
     std::fill(dva.begin(), dva.end(), 0.0f);
@@ -186,18 +191,20 @@ void BackwardHead(const float* q, const float* k, const float* v, const float* o
       Transpose(ds.data(), kTile, kTile, pt.data());
       GemmK(K, pt.data(), kTile, qi, dka.data(), kTile, true);  // dK += dS^T Q
     }
-    StoreRows(dk, s, b, h, j0, kTile, dka.data());
-    StoreRows(dv, s, b, h, j0, kTile, dva.data());
+    StoreRows(dk, qkv_stride, s, b, h, j0, kTile, dka.data());
+    StoreRows(dv, qkv_stride, s, b, h, j0, kTile, dva.data());
   }
-  StoreRows(dq, s, b, h, 0, Tp, dqh.data());
+  StoreRows(dq, qkv_stride, s, b, h, 0, Tp, dqh.data());
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v, float scale,
-                   ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse) {
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                   float scale, ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse) {
   const Shape s = ShapeOf(q.dimensions());
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = o->typed_data(), *lp = lse->typed_data();
-  genjax::ParallelFor(pool, s.batch * s.H, [&](int64_t bh) { ForwardHead(qp, kp, vp, s, bh, scale, op, lp); });
+  genjax::ParallelFor(pool, s.batch * s.H, [&](int64_t bh) {
+    ForwardHead(qp, kp, vp, s.H * s.K, s, bh, scale, op, lp);
+  });
   return ffi::Error::Success();
 }
 
@@ -209,7 +216,40 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   const float *opp = o.typed_data(), *lp = lse.typed_data(), *dop = dout.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
   genjax::ParallelFor(pool, s.batch * s.H, [&](int64_t bh) {
-    BackwardHead(qp, kp, vp, opp, lp, dop, s, bh, scale, dqp, dkp, dvp);
+    BackwardHead(qp, kp, vp, s.H * s.K, opp, lp, dop, s, bh, scale, dqp, dkp, dvp);
+  });
+  return ffi::Error::Success();
+}
+
+// The packed variants read q, k and v from one (..., T, 3, H, K) projection and
+// write one (..., T, 3, H, K) gradient, so no slices or concatenations are copied.
+Shape PackedShapeOf(ffi::Span<const int64_t> dims) {
+  Shape s{1, dims[dims.size() - 4], dims[dims.size() - 2], dims[dims.size() - 1]};
+  for (size_t i = 0; i + 4 < dims.size(); ++i) s.batch *= dims[i];
+  return s;
+}
+
+ffi::Error ForwardPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, float scale, ffi::ResultBuffer<ffi::F32> o,
+                         ffi::ResultBuffer<ffi::F32> lse) {
+  const Shape s = PackedShapeOf(qkv.dimensions());
+  const int64_t HK = s.H * s.K;
+  const float* p = qkv.typed_data();
+  float *op = o->typed_data(), *lp = lse->typed_data();
+  genjax::ParallelFor(pool, s.batch * s.H, [&](int64_t bh) {
+    ForwardHead(p, p + HK, p + 2 * HK, 3 * HK, s, bh, scale, op, lp);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> o,
+                          ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, float scale,
+                          ffi::ResultBuffer<ffi::F32> dqkv) {
+  const Shape s = PackedShapeOf(qkv.dimensions());
+  const int64_t HK = s.H * s.K;
+  const float *p = qkv.typed_data(), *opp = o.typed_data(), *lp = lse.typed_data(), *dop = dout.typed_data();
+  float* dp = dqkv->typed_data();
+  genjax::ParallelFor(pool, s.batch * s.H, [&](int64_t bh) {
+    BackwardHead(p, p + HK, p + 2 * HK, 3 * HK, opp, lp, dop, s, bh, scale, dp, dp + HK, dp + 2 * HK);
   });
   return ffi::Error::Success();
 }
@@ -238,4 +278,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GenjaxCausalAttentionBackward, Backward,
                                   .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GenjaxPackedCausalAttentionForward, ForwardPacked,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GenjaxPackedCausalAttentionBackward, BackwardPacked,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>());

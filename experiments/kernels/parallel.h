@@ -29,7 +29,8 @@ void ParallelFor(xla::ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
     for (int64_t i; (i = counters->next.fetch_add(1)) < n;) (*body)(i);
     counters->active.fetch_sub(1);
   };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
+  // The caller is one of the workers: num_threads workers in all, one per core.
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, n - 1);
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));  // a copy per task
   work();
   while (counters->active.load() != 0) std::this_thread::yield();

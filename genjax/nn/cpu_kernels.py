@@ -25,6 +25,8 @@ import numpy as np
 
 ATTENTION_FORWARD = "genjax_causal_attention_forward"
 ATTENTION_BACKWARD = "genjax_causal_attention_backward"
+PACKED_ATTENTION_FORWARD = "genjax_packed_causal_attention_forward"
+PACKED_ATTENTION_BACKWARD = "genjax_packed_causal_attention_backward"
 LAYER_NORM_FORWARD = "genjax_layer_norm_forward"
 LAYER_NORM_BACKWARD = "genjax_layer_norm_backward"
 
@@ -79,6 +81,34 @@ def _attention_vjp_backward(residuals, g_BTHK):
 
 
 causal_self_attention.defvjp(_attention_vjp_forward, _attention_vjp_backward)
+
+
+def _packed_forward(qkv_BT3HK):
+    *lead, T, _, H, K = qkv_BT3HK.shape
+    out = jax.ShapeDtypeStruct((*lead, T, H, K), jnp.float32)
+    lse = jax.ShapeDtypeStruct((*lead, H, T), jnp.float32)
+    return _call(PACKED_ATTENTION_FORWARD, (out, lse), qkv_BT3HK, scale=1.0 / np.sqrt(K))
+
+
+@jax.custom_vjp
+def packed_causal_self_attention(qkv_BT3HK: jax.Array) -> jax.Array:
+    """`causal_self_attention(q, k, v)` of one (..., T, 3, H, K) projection, read
+    and differentiated in place (no slices of q, k, v or concatenated gradients)."""
+    return _packed_forward(qkv_BT3HK)[0]
+
+
+def _packed_vjp_forward(qkv_BT3HK):
+    out, lse = _packed_forward(qkv_BT3HK)
+    return out, (qkv_BT3HK, out, lse)
+
+
+def _packed_vjp_backward(residuals, g_BTHK):
+    qkv_BT3HK = residuals[0]
+    return _call(PACKED_ATTENTION_BACKWARD, _like(qkv_BT3HK), *residuals, g_BTHK,
+                 scale=1.0 / np.sqrt(qkv_BT3HK.shape[-1]))
+
+
+packed_causal_self_attention.defvjp(_packed_vjp_forward, _packed_vjp_backward)
 
 
 # ----------------------------------------------------------------------------- LayerNorm

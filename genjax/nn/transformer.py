@@ -195,30 +195,35 @@ class _Attention(nn.Module):
         H, K = self.num_heads, D // self.num_heads
         init = nn.initializers.normal(0.02)
         qkv = nn.DenseGeneral((3, H, K), dtype=self.dtype, kernel_init=init, name="qkv")(x_BTD)
+        if (kv is None and self.positions == "learned" and self.implementation == "cpu_kernel"
+                and cpu_kernels.attention_applies(qkv)):
+            # The kernel reads q, k, v from the projection itself: no slices are copied.
+            out_BTHK, new_kv = cpu_kernels.packed_causal_self_attention(qkv), None
+        else:
+            out_BTHK, new_kv = self._attend(qkv, pos_T, kv, write_pos)
+        # GPT-2 scales residual-branch outputs by 1/sqrt(2 * layers) at init.
+        out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
+        y_BTD = nn.DenseGeneral(D, axis=(-2, -1), dtype=self.dtype, kernel_init=out_init, name="out")(out_BTHK)
+        return y_BTD, new_kv
+
+    def _attend(self, qkv, pos_T, kv, write_pos):
         q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.positions == "rotary":
             q_BTHK = rotary(q_BTHK, pos_T, self.rope_base)
             k_BTHK = rotary(k_BTHK, pos_T, self.rope_base)
         if kv is None:
             # Positions 0..T-1: the plain causal flag, which fused kernels take.
-            out_BTHK = causal_self_attention(q_BTHK, k_BTHK, v_BTHK, implementation=self.implementation)
-            new_kv = None
-        else:
-            k_cache, v_cache = kv
-            k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BTHK.astype(k_cache.dtype), write_pos, 1)
-            v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BTHK.astype(v_cache.dtype), write_pos, 1)
-            # The cached path masks by position, which cuDNN's flag cannot express.
-            impl = _resolve(self.implementation)
-            impl = {"cudnn": "xla", "dpa": "xla", "cpu_kernel": "einsum"}.get(impl, impl)
-            out_BTHK = causal_attention(
-                q_BTHK, k_cache.astype(q_BTHK.dtype), v_cache.astype(q_BTHK.dtype), pos_T,
-                implementation=impl,
-            )
-            new_kv = (k_cache, v_cache)
-        # GPT-2 scales residual-branch outputs by 1/sqrt(2 * layers) at init.
-        out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
-        y_BTD = nn.DenseGeneral(D, axis=(-2, -1), dtype=self.dtype, kernel_init=out_init, name="out")(out_BTHK)
-        return y_BTD, new_kv
+            return causal_self_attention(q_BTHK, k_BTHK, v_BTHK, implementation=self.implementation), None
+        k_cache, v_cache = kv
+        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BTHK.astype(k_cache.dtype), write_pos, 1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BTHK.astype(v_cache.dtype), write_pos, 1)
+        # The cached path masks by position, which cuDNN's flag cannot express.
+        impl = _resolve(self.implementation)
+        impl = {"cudnn": "xla", "dpa": "xla", "cpu_kernel": "einsum"}.get(impl, impl)
+        out_BTHK = causal_attention(
+            q_BTHK, k_cache.astype(q_BTHK.dtype), v_cache.astype(q_BTHK.dtype), pos_T, implementation=impl,
+        )
+        return out_BTHK, (k_cache, v_cache)
 
 
 _LAYER_NORM = ("xla", "cpu_kernel")
