@@ -23,7 +23,7 @@ from genjax.nn import cpu_kernels
 
 SOURCES = tuple(pathlib.Path(__file__).resolve().parent / "kernels" / name
                 for name in ("causal_attention.cc", "layer_norm.cc"))
-HEADER = SOURCES[0].parent / "parallel.h"
+HEADER = SOURCES[0].parent / "common.h"
 SYMBOLS = {  # FFI target -> the handler the library exports
     cpu_kernels.ATTENTION_FORWARD: "GenjaxCausalAttentionForward",
     cpu_kernels.ATTENTION_BACKWARD: "GenjaxCausalAttentionBackward",
