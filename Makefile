@@ -16,11 +16,12 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m experiments.main --config=configs/toy_vpsde.py --workdir=runs/demo --mode=all
 
+# Two workers: most of the suite's time is XLA compilation, one core per worker.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -n 2 -m ""
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.likelihood_ode
