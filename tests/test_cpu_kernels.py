@@ -129,5 +129,11 @@ def test_kernels_fall_back_where_they_do_not_apply_and_options_resolve(monkeypat
     assert kernel_build.kernel_options() == {"attention": "auto", "layer_norm": "xla"}
     with pytest.raises(ValueError, match="'cpu_kernel' needs the compiled CPU kernels.*no C\\+\\+ compiler"):
         kernel_build.kernel_options("cpu_kernel")
+    with pytest.raises(ValueError, match="head size 24; the CPU attention kernel takes float32"):
+        cpu_kernels.causal_self_attention(q, q, q)
+    with pytest.raises(ValueError, match=r"v is float32\[1, 8, 1, 32\]; expected q's float32\[1, 8, 1, 16\]"):
+        cpu_kernels.causal_self_attention(q[..., :16], q[..., :16], jnp.zeros((1, 8, 1, 32)))
+    with pytest.raises(ValueError, match=r"scale is float32\[5\] for x float32\[2, 4\]"):
+        cpu_kernels.layer_norm(jnp.zeros((2, 4)), jnp.ones(5), jnp.zeros(4))
     with pytest.raises(ValueError, match="layer_norm='fast'"):
         net.clone(layer_norm="fast").init(jax.random.key(0), tokens)

@@ -57,7 +57,19 @@ def _like(*arrays):
 # ----------------------------------------------------------------------------- attention
 
 
+def _check_heads(name, x):
+    # The kernel's tile products are written for these head sizes only; anything
+    # else would index past its buffers, so refuse it here.
+    if x.dtype != jnp.float32 or x.shape[-1] % 16 or x.shape[-1] > 128:
+        raise ValueError(f"{name} has dtype {x.dtype} and head size {x.shape[-1]}; the CPU attention kernel "
+                         "takes float32 with a head size that is a multiple of 16 up to 128")
+
+
 def _attention_forward(q_BTHK, k_BTHK, v_BTHK):
+    _check_heads("q", q_BTHK)
+    for name, x in (("k", k_BTHK), ("v", v_BTHK)):
+        if x.shape != q_BTHK.shape or x.dtype != q_BTHK.dtype:
+            raise ValueError(f"{name} is {x.dtype}{list(x.shape)}; expected q's {q_BTHK.dtype}{list(q_BTHK.shape)}")
     *lead, T, H, K = q_BTHK.shape
     lse = jax.ShapeDtypeStruct((*lead, H, T), jnp.float32)
     return _call(ATTENTION_FORWARD, (*_like(q_BTHK), lse), q_BTHK, k_BTHK, v_BTHK, scale=1.0 / np.sqrt(K))
@@ -84,6 +96,9 @@ causal_self_attention.defvjp(_attention_vjp_forward, _attention_vjp_backward)
 
 
 def _packed_forward(qkv_BT3HK):
+    _check_heads("qkv", qkv_BT3HK)
+    if qkv_BT3HK.ndim < 4 or qkv_BT3HK.shape[-3] != 3:
+        raise ValueError(f"qkv has shape {qkv_BT3HK.shape}; expected (..., T, 3, H, K)")
     *lead, T, _, H, K = qkv_BT3HK.shape
     out = jax.ShapeDtypeStruct((*lead, T, H, K), jnp.float32)
     lse = jax.ShapeDtypeStruct((*lead, H, T), jnp.float32)
@@ -115,6 +130,10 @@ packed_causal_self_attention.defvjp(_packed_vjp_forward, _packed_vjp_backward)
 
 
 def _layer_norm_forward(x, scale, bias, eps):
+    for name, p in (("scale", scale), ("bias", bias)):
+        if p.shape != x.shape[-1:] or p.dtype != jnp.float32 or x.dtype != jnp.float32:
+            raise ValueError(f"{name} is {p.dtype}{list(p.shape)} for x {x.dtype}{list(x.shape)}; "
+                             f"the CPU LayerNorm kernel takes float32 x and float32 ({x.shape[-1]},) scale and bias")
     rows = jax.ShapeDtypeStruct(x.shape[:-1], jnp.float32)
     return _call(LAYER_NORM_FORWARD, (*_like(x), rows, rows), x, scale, bias, eps=eps)
 
