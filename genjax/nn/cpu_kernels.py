@@ -31,11 +31,15 @@ LAYER_NORM_FORWARD = "genjax_layer_norm_forward"
 LAYER_NORM_BACKWARD = "genjax_layer_norm_backward"
 
 
+def _attention_kernel_takes(x: jax.Array) -> bool:
+    # The kernel's tile products are written for these only; anything else would
+    # index past its buffers.
+    return x.dtype == jnp.float32 and x.shape[-1] % 16 == 0 and x.shape[-1] <= 128
+
+
 def attention_applies(q_BTHK: jax.Array) -> bool:
     """CPU, float32, a head size that is a multiple of 16 up to 128."""
-    head = q_BTHK.shape[-1]
-    return (jax.default_backend() == "cpu" and q_BTHK.dtype == jnp.float32
-            and head % 16 == 0 and head <= 128)
+    return jax.default_backend() == "cpu" and _attention_kernel_takes(q_BTHK)
 
 
 def layer_norm_applies(x: jax.Array) -> bool:
@@ -58,9 +62,7 @@ def _like(*arrays):
 
 
 def _check_heads(name, x):
-    # The kernel's tile products are written for these head sizes only; anything
-    # else would index past its buffers, so refuse it here.
-    if x.dtype != jnp.float32 or x.shape[-1] % 16 or x.shape[-1] > 128:
+    if not _attention_kernel_takes(x):
         raise ValueError(f"{name} has dtype {x.dtype} and head size {x.shape[-1]}; the CPU attention kernel "
                          "takes float32 with a head size that is a multiple of 16 up to 128")
 
