@@ -1,7 +1,7 @@
 """Training tokens/s and MFU of the transformer LM at two model sizes, one run.
 
     python -m benchmarks.lm_train_speed [--context 256] [--batch 16] [--steps 3] \
-        [--repeats 5] [--dtype float32|bfloat16] [--attention auto] [--layer-norm auto] [--sizes small,medium]
+        [--repeats 5] [--dtype float32|bfloat16] [--attention auto] [--layer-norm auto] [--gelu-kernel auto] [--sizes small,medium]
 
 Sizes: "small" (2 layers, width 128, 4 heads), "medium" (4 layers, width 256,
 4 heads) and, for accelerators, "large" (12 layers, width 768, 12 heads), byte vocabulary, AdamW through `genjax.train`. The peak is measured
@@ -34,7 +34,7 @@ SIZES = {
 
 def make_step(size, args):
     kw = dict(vocab_size=256, max_len=args.context, dtype=getattr(jnp, args.dtype),
-              **cpu_kernels.kernel_options(args.attention, args.layer_norm))
+              **cpu_kernels.kernel_options(args.attention, args.layer_norm, args.gelu_kernel))
     lm = make_lm(**SIZES[size], **kw)
     net = Transformer(**SIZES[size], **kw)
     tx, _ = train.make_optimizer(learning_rate=3e-4, total_steps=10**6, schedule="constant", weight_decay=0.1)
@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--layer-norm", default="auto")
+    parser.add_argument("--gelu-kernel", default="auto")
     parser.add_argument("--sizes", default="small,medium", help=f"two or more of {sorted(SIZES)}")
     args = parser.parse_args()
     sizes = args.sizes.split(",")

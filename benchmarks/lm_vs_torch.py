@@ -137,7 +137,7 @@ def genjax_step(args, tokens_np):
     net = Transformer(
         vocab_size=VOCAB, num_layers=args.layers, d_model=args.width, num_heads=args.heads,
         max_len=args.context, gelu_approximate=args.gelu == "tanh",
-        **cpu_kernels.kernel_options(args.attention, args.layer_norm),
+        **cpu_kernels.kernel_options(args.attention, args.layer_norm, args.gelu_kernel),
         dtype=getattr(jnp, args.dtype),
     )
 
@@ -185,6 +185,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--layer-norm", default="auto", help="genjax Transformer.layer_norm (auto: the CPU kernel)")
+    parser.add_argument("--gelu-kernel", default="auto", help="genjax Transformer.gelu (auto: the CPU kernel)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="matmul inputs (torch: autocast); parameters stay float32")
     parser.add_argument("--torch-device", default="cpu",
@@ -215,14 +216,14 @@ def main():
           f"with {torch.get_num_threads()} threads")
     print(f"model: {args.layers} layers, width {args.width}, {args.heads} heads, context {args.context}, "
           f"batch {args.batch}, byte vocabulary, AdamW, {args.gelu} GELU, {args.dtype} matmuls; "
-          f"genjax {cpu_kernels.kernel_options(args.attention, args.layer_norm)}")
+          f"genjax {cpu_kernels.kernel_options(args.attention, args.layer_norm, args.gelu_kernel)}")
     print("timing: " + ("process CPU seconds, one thread each" if args.single_thread else "wall seconds"))
     torch.manual_seed(0)
     tokens_np = np.random.default_rng(0).integers(0, VOCAB, (args.batch, args.context + 1), dtype=np.int32)
     model, torch_step = torch_trainer(args, tokens_np)
     sides = {"genjax": genjax_trainer(args, tokens_np)}
     if args.with_xla_kernels:
-        xla_args = argparse.Namespace(**{**vars(args), "attention": "blocked", "layer_norm": "xla"})
+        xla_args = argparse.Namespace(**{**vars(args), "attention": "blocked", "layer_norm": "xla", "gelu_kernel": "xla"})
         sides["genjax, XLA attention and LayerNorm"] = genjax_trainer(xla_args, tokens_np)
     sides["torch"] = torch_step
     print(f"parameters: torch {sum(p.numel() for p in model.parameters()):,}")

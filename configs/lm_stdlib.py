@@ -37,6 +37,7 @@ def get_config():
     c.model.dtype = "float32"           # float32 | bfloat16 (matmul inputs)
     c.model.attention = "auto"          # auto (CPU kernel or blocked on CPU, cuDNN for bf16 on NVIDIA GPUs) | cpu_kernel | blocked | einsum | dpa | xla | cudnn
     c.model.layer_norm = "auto"         # auto (CPU kernel where it builds, else XLA) | cpu_kernel | xla
+    c.model.gelu = "auto"               # the MLP's bias + GELU: auto | cpu_kernel | xla (as layer_norm)
 
     c.optim = common.optimizer(learning_rate=2e-3, warmup_steps=50)
     c.optim.weight_decay = 0.01

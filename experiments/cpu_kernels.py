@@ -1,6 +1,7 @@
 """Builds and registers genjax's C++ CPU kernels (XLA FFI custom calls).
 
-`register()` compiles experiments/kernels/*.cc (causal attention, LayerNorm)
+`register()` compiles experiments/kernels/*.cc (causal attention, LayerNorm,
+bias + GELU)
 with the system C++ compiler ($CXX, else g++ or c++) into one library in a cache
 folder ($GENJAX_KERNEL_CACHE, else ~/.cache/genjax/kernels), once per sources,
 flags, compiler and CPU (the build targets this CPU: -march=native), loads it and
@@ -22,7 +23,7 @@ import jax
 from genjax.nn import cpu_kernels
 
 SOURCES = tuple(pathlib.Path(__file__).resolve().parent / "kernels" / name
-                for name in ("causal_attention.cc", "layer_norm.cc"))
+                for name in ("causal_attention.cc", "layer_norm.cc", "bias_gelu.cc"))
 HEADER = SOURCES[0].parent / "common.h"
 SYMBOLS = {  # FFI target -> the handler the library exports
     cpu_kernels.ATTENTION_FORWARD: "GenjaxCausalAttentionForward",
@@ -31,6 +32,8 @@ SYMBOLS = {  # FFI target -> the handler the library exports
     cpu_kernels.PACKED_ATTENTION_BACKWARD: "GenjaxPackedCausalAttentionBackward",
     cpu_kernels.LAYER_NORM_FORWARD: "GenjaxLayerNormForward",
     cpu_kernels.LAYER_NORM_BACKWARD: "GenjaxLayerNormBackward",
+    cpu_kernels.BIAS_GELU_FORWARD: "GenjaxBiasGeluForward",
+    cpu_kernels.BIAS_GELU_BACKWARD: "GenjaxBiasGeluBackward",
 }
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-shared", "-fPIC", "-w", "-pthread")
 _registered: dict = {}  # one build and registration per process
@@ -100,18 +103,20 @@ def _register() -> tuple[bool, str]:
     return True, str(path)
 
 
-def kernel_options(attention: str = "auto", layer_norm: str = "auto") -> dict:
-    """The Transformer's `attention` and `layer_norm` for config values of those names.
+def kernel_options(attention: str = "auto", layer_norm: str = "auto", gelu: str = "auto") -> dict:
+    """The Transformer's `attention`, `layer_norm` and `gelu` for config values of those names.
 
     "auto" becomes "cpu_kernel" on a CPU where the kernels are registered (else
-    attention stays "auto" and LayerNorm is "xla"); asking for "cpu_kernel"
+    attention stays "auto", LayerNorm and GELU are "xla"); asking for "cpu_kernel"
     where the kernels cannot be built is an error that says why.
     """
     on_cpu = jax.default_backend() == "cpu"
-    if "cpu_kernel" in (attention, layer_norm):
+    if "cpu_kernel" in (attention, layer_norm, gelu):
         ok, why = register()
         if not ok:
             raise ValueError(f"'cpu_kernel' needs the compiled CPU kernels, which are unavailable: {why}")
-    use = on_cpu and "auto" in (attention, layer_norm) and register()[0]
+    use = on_cpu and "auto" in (attention, layer_norm, gelu) and register()[0]
+    xla_unless_used = {"auto": "cpu_kernel" if use else "xla"}
     return {"attention": "cpu_kernel" if attention == "auto" and use else attention,
-            "layer_norm": ("cpu_kernel" if use else "xla") if layer_norm == "auto" else layer_norm}
+            "layer_norm": xla_unless_used.get(layer_norm, layer_norm),
+            "gelu": xla_unless_used.get(gelu, gelu)}

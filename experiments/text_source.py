@@ -35,7 +35,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def transformer_kwargs(config) -> dict:
     """The Transformer keywords config.model names (shared by training and the compressor).
 
-    attention / layer_norm "auto" take the fused CPU kernels on a CPU where they
+    attention / layer_norm / gelu "auto" take the fused CPU kernels on a CPU where they
     build (`experiments.cpu_kernels`); the parameters are the same either way."""
     m = config.model
     if m.dtype not in DTYPES:
@@ -44,7 +44,7 @@ def transformer_kwargs(config) -> dict:
         vocab_size=text.VOCAB_SIZE, num_layers=m.num_layers, d_model=m.d_model,
         num_heads=m.num_heads, d_ff=m.d_ff or None, max_len=m.max_len, dropout=m.dropout,
         positions=m.positions, tie_embeddings=m.tie_embeddings, dtype=DTYPES[m.dtype],
-        **cpu_kernels.kernel_options(m.attention, m.get("layer_norm", "auto")))
+        **cpu_kernels.kernel_options(m.attention, m.get("layer_norm", "auto"), m.get("gelu", "auto")))
 
 
 def build_net(config) -> Transformer:

@@ -54,6 +54,7 @@ def make_lm(
     dtype: Any = jnp.float32,
     attention: str = "auto",
     layer_norm: str = "xla",
+    gelu: str = "xla",
     bos_id: int = 0,
 ) -> Model:
     """A transformer LM as a `Model(init, loss, sample, log_prob)`.
@@ -80,6 +81,7 @@ def make_lm(
         vocab_size=vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
         d_ff=d_ff, max_len=max_len, dropout=dropout, positions=positions,
         tie_embeddings=tie_embeddings, dtype=dtype, attention=attention, layer_norm=layer_norm,
+        gelu=gelu,
     )
 
     def split(batch):

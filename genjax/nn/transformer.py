@@ -227,6 +227,7 @@ class _Attention(nn.Module):
 
 
 _LAYER_NORM = ("xla", "cpu_kernel")
+_GELU = ("xla", "cpu_kernel")
 
 
 class FusedLayerNorm(nn.Module):
@@ -248,6 +249,19 @@ class FusedLayerNorm(nn.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
+class _DenseParams(nn.Module):
+    """The kernel and bias of an `nn.Dense` (same names, shapes and initializers),
+    for code that applies them itself."""
+
+    features: int
+    kernel_init: Any
+
+    @nn.compact
+    def __call__(self, in_features):
+        return (self.param("kernel", self.kernel_init, (in_features, self.features)),
+                self.param("bias", nn.initializers.zeros, (self.features,)))
+
+
 def _layer_norm(implementation: str, name: str | None = None) -> nn.Module:
     return FusedLayerNorm(name=name) if implementation == "cpu_kernel" else nn.LayerNorm(name=name)
 
@@ -263,6 +277,7 @@ class _Block(nn.Module):
     dtype: Any
     gelu_approximate: bool = True
     layer_norm: str = "xla"
+    gelu: str = "xla"
 
     @nn.compact
     def __call__(self, x_BTD, pos_T, kv=None, write_pos=None, deterministic=True):
@@ -275,10 +290,16 @@ class _Block(nn.Module):
         x_BTD = x_BTD + Dropout(self.dropout)(h_BTD, deterministic=deterministic)
         init = nn.initializers.normal(0.02)
         out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
-        h_BTF = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=init, name="fc")(
-            _layer_norm(self.layer_norm, "ln2")(x_BTD))
-        h_BTF = jax.nn.gelu(h_BTF, approximate=self.gelu_approximate)
-        h_BTD = nn.Dense(D, dtype=self.dtype, kernel_init=out_init, name="proj")(h_BTF)
+        x_ln_BTD = _layer_norm(self.layer_norm, "ln2")(x_BTD)
+        if self.gelu == "cpu_kernel" and self.gelu_approximate and cpu_kernels.gelu_mlp_applies(x_ln_BTD, self.dtype):
+            # The same parameters as the Dense layers below, through the fused kernel.
+            fc = _DenseParams(self.d_ff, init, name="fc")(D)
+            proj = _DenseParams(D, out_init, name="proj")(self.d_ff)
+            h_BTD = cpu_kernels.gelu_mlp(x_ln_BTD, *fc, *proj)
+        else:
+            h_BTF = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=init, name="fc")(x_ln_BTD)
+            h_BTF = jax.nn.gelu(h_BTF, approximate=self.gelu_approximate)
+            h_BTD = nn.Dense(D, dtype=self.dtype, kernel_init=out_init, name="proj")(h_BTF)
         x_BTD = x_BTD + Dropout(self.dropout)(h_BTD, deterministic=deterministic)
         return x_BTD, new_kv
 
@@ -306,6 +327,10 @@ class Transformer(nn.Module):
       rope_base: rotary frequency base.
       layer_norm: "xla" (flax's nn.LayerNorm) or "cpu_kernel" (`FusedLayerNorm`,
         the same function and parameters through the fused CPU kernel).
+      gelu: "xla" (nn.Dense, GELU, nn.Dense) or "cpu_kernel": the same MLP and
+        parameters through `genjax.nn.cpu_kernels.gelu_mlp` (fused bias + tanh
+        GELU, weight gradients as plain products) where it applies (float32 on
+        a CPU, tanh GELU); XLA's otherwise.
 
     Apply methods: `__call__` (training / full forward) and `cached_call`
     (feeds tokens into a KVCache). The plain methods `init_cache`, `prefill`,
@@ -327,6 +352,7 @@ class Transformer(nn.Module):
     rope_base: float = 10_000.0
     gelu_approximate: bool = True
     layer_norm: str = "xla"
+    gelu: str = "xla"
 
     def setup(self):
         if self.d_model % self.num_heads:
@@ -337,6 +363,8 @@ class Transformer(nn.Module):
             raise ValueError(f"attention={self.attention!r}; expected one of {_ATTENTION}")
         if self.layer_norm not in _LAYER_NORM:
             raise ValueError(f"layer_norm={self.layer_norm!r}; expected one of {_LAYER_NORM}")
+        if self.gelu not in _GELU:
+            raise ValueError(f"gelu={self.gelu!r}; expected one of {_GELU}")
         if self.positions == "rotary" and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"rotary positions need an even head_dim; got {self.d_model // self.num_heads}")
         init = nn.initializers.normal(0.02)
@@ -349,7 +377,7 @@ class Transformer(nn.Module):
             _Block(
                 self.num_heads, self.num_layers, self.d_ff or 4 * self.d_model, self.dropout,
                 self.positions, self.attention, self.rope_base, self.dtype, self.gelu_approximate,
-                self.layer_norm, name=f"block_{i}",
+                self.layer_norm, self.gelu, name=f"block_{i}",
             )
             for i in range(self.num_layers)
         ]
