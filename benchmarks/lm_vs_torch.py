@@ -20,7 +20,8 @@ is_causal=True, `torch.optim.AdamW`), as a straightforward PyTorch script would.
 Both see the same batch every step. After a warm-up, the two are timed in
 alternation (`--repeats` rounds of `--steps` steps each, so load from other
 processes hits both alike); the medians give tokens/s and the ratio
-genjax / PyTorch (> 1: genjax is faster).
+genjax / PyTorch (> 1: genjax is faster), and so does the median of the ratios
+within each round (robust to the machine's speed drifting during the run).
 
 --single-thread pins both to one thread (XLA's Eigen pool off, torch one
 intra-op thread) and times process CPU seconds instead of wall seconds: a
@@ -252,7 +253,10 @@ def main():
               f"median of {args.repeats})")
     for name in names[:-1]:
         label = "genjax / torch" if name == "genjax" else f"{name} / torch"
-        print(f"ratio {label} tokens/s: {medians['torch'] / medians[name]:.2f}x")
+        # Per round: the two sides ran back to back, so slow drifts in machine speed cancel.
+        per_round = statistics.median(t / s for s, t in zip(times[name], times["torch"]))
+        print(f"ratio {label} tokens/s: {medians['torch'] / medians[name]:.2f}x "
+              f"(median of per-round ratios {per_round:.2f}x)")
 
 
 if __name__ == "__main__":
