@@ -23,11 +23,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-int64_t Size(ffi::Span<const int64_t> dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
-}
+using genjax::Size;
 
 // exp(z) for z in [-87, 87], relative error ~2e-7: z = n ln2 + r with |r| <= ln2 / 2
 // (Cody-Waite split of ln2), exp(r) by the Cephes degree-6 polynomial, 2^n by

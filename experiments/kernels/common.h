@@ -11,6 +11,13 @@
 
 namespace genjax {
 
+// The number of elements of an array with these dimensions.
+inline int64_t Size(xla::ffi::Span<const int64_t> dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
+
 // Runs fn(i) for every i in [0, n) on the pool's threads and the calling one.
 // Using XLA's own pool (not new threads) keeps the kernels from competing with
 // XLA's matmuls for the same cores. The caller takes tasks too, so the loop

@@ -21,11 +21,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-int64_t Size(ffi::Span<const int64_t> dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
-}
+using genjax::Size;
 
 constexpr int64_t kRowsPerTask = 64;
 
