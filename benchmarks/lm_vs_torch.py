@@ -203,7 +203,7 @@ def main():
     parser.add_argument("--single-thread", action="store_true",
                         help="one thread each; time process CPU seconds")
     parser.add_argument("--with-xla-kernels", action="store_true",
-                        help="also time genjax with XLA's attention and LayerNorm (no CPU kernels), in the same rounds")
+                        help="also time genjax with XLA's attention, LayerNorm and MLP (no CPU kernels), in the same rounds")
     args = parser.parse_args()
     if args.torch_device != "cpu":
         # JAX's default float32 matmul precision on GPUs is TF32; let torch use it too.
@@ -225,7 +225,7 @@ def main():
     sides = {"genjax": genjax_trainer(args, tokens_np)}
     if args.with_xla_kernels:
         xla_args = argparse.Namespace(**{**vars(args), "attention": "blocked", "layer_norm": "xla", "gelu_kernel": "xla"})
-        sides["genjax, XLA attention and LayerNorm"] = genjax_trainer(xla_args, tokens_np)
+        sides["genjax, XLA attention, LayerNorm and MLP"] = genjax_trainer(xla_args, tokens_np)
     sides["torch"] = torch_step
     print(f"parameters: torch {sum(p.numel() for p in model.parameters()):,}")
 

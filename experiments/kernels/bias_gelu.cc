@@ -6,9 +6,9 @@
 //   dx = g (s + x s (1 - s) 2 u'),  s = sigmoid(2u),  u' = sqrt(2 / pi) (1 + 3 0.044715 x^2),
 //   db = sum over rows of dx.
 // The forward pass stores nothing: the backward pass recomputes s from y and b.
-// XLA:CPU evaluates tanh with a slow scalar loop and splits the forward pass in two
-// (it keeps tanh(u) for the backward pass); here exp is a polynomial that the
-// compiler vectorizes. Leading axes of b (vmapped ensemble members) split the
+// Inside a training step XLA:CPU splits the forward pass into two passes (it keeps
+// tanh(u) for the backward pass); here it is one, with exp as a polynomial that
+// the compiler vectorizes. Leading axes of b (vmapped ensemble members) split the
 // rows into equal groups, one per member.
 #include <algorithm>
 #include <cmath>

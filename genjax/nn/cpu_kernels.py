@@ -48,6 +48,7 @@ def attention_applies(q_BTHK: jax.Array) -> bool:
 
 
 def layer_norm_applies(x: jax.Array) -> bool:
+    """CPU and float32 (the LayerNorm and bias-GELU kernels' domain)."""
     return jax.default_backend() == "cpu" and x.dtype == jnp.float32
 
 
@@ -174,18 +175,13 @@ _layer_norm.defvjp(_layer_norm_vjp_forward, _layer_norm_vjp_backward)
 
 def gelu_mlp_applies(x: jax.Array, dtype=jnp.float32) -> bool:
     """CPU, float32 inputs and float32 matmuls."""
-    return jax.default_backend() == "cpu" and x.dtype == jnp.float32 and jnp.dtype(dtype) == jnp.float32
+    return layer_norm_applies(x) and jnp.dtype(dtype) == jnp.float32
 
 
 def _check_bias(y, bias):
     if bias.shape != y.shape[-1:] or bias.dtype != jnp.float32 or y.dtype != jnp.float32:
         raise ValueError(f"bias is {bias.dtype}{list(bias.shape)} for y {y.dtype}{list(y.shape)}; the CPU "
                          f"bias-GELU kernel takes float32 y and a float32 ({y.shape[-1]},) bias")
-
-
-def _bias_gelu(y, b_in):
-    _check_bias(y, b_in)
-    return _call(BIAS_GELU_FORWARD, _like(y), y, b_in)[0]
 
 
 def weight_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
@@ -211,12 +207,13 @@ def gelu_mlp(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, b
     evaluates tanh slowly; the backward pass recomputes GELU from x w_in. Weight
     gradients go through `weight_gradient`.
     """
-    return jnp.dot(_bias_gelu(jnp.dot(x, w_in), b_in), w_out) + b_out
+    return _gelu_mlp_vjp_forward(x, w_in, b_in, w_out, b_out)[0]
 
 
 def _gelu_mlp_vjp_forward(x, w_in, b_in, w_out, b_out):
     y = jnp.dot(x, w_in)
-    h = _bias_gelu(y, b_in)
+    _check_bias(y, b_in)
+    h = _call(BIAS_GELU_FORWARD, _like(y), y, b_in)[0]
     return jnp.dot(h, w_out) + b_out, (x, w_in, y, b_in, h, w_out)
 
 
