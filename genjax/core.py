@@ -5,7 +5,7 @@ exposes it through the same four pure functions, so one trainer, one ensemble
 driver, one checkpoint format and one evaluation loop serve all of them.
 """
 import operator
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,37 @@ class Model(NamedTuple):
     init:     (key, example_batch) -> params
     loss:     (params, key, batch) -> (scalar, metrics dict)
     sample:   (params, key, num, **cond) -> samples
-    log_prob: (params, key, batch) -> per-example log-likelihood in nats, or None.
-              Each family's docstring says whether it is exact or a bound.
+    log_prob: (params, key, batch) -> per-example log-likelihood in nats, or None
+              (the family then reports sample metrics only). Each family's
+              docstring says whether it is exact or a bound.
+
+    Optional fields, ignored by the single-loss families (docs/protocol.md):
+    init_model_state: (key, example_batch) -> state that is not optimized (a
+              replay buffer, BatchNorm statistics, spectral-norm vectors, an EMA
+              codebook). The loss then reads and returns it:
+              loss(params, key, batch, model_state) -> (scalar, (metrics, model_state)),
+              and sample / log_prob take it as the keyword `model_state`.
+    update_schedule: with `loss` a dict {group: loss} over params that are a dict of
+              the same groups, the updates of one train step, e.g.
+              (("critic", 5), ("generator", 1)); None: each group once, in order.
+    ema_groups: the groups whose parameter EMA is kept (None: all); the others'
+              "EMA" parameters equal their current parameters.
     """
 
     init: Callable[..., PyTree]
-    loss: Callable[..., tuple[jax.Array, dict]]
+    loss: Callable[..., tuple[jax.Array, dict]] | Mapping[str, Callable]
     sample: Callable[..., Any]
     log_prob: Optional[Callable[..., jax.Array]] = None
+    init_model_state: Optional[Callable[..., PyTree]] = None
+    update_schedule: Optional[tuple[tuple[str, int], ...]] = None
+    ema_groups: Optional[tuple[str, ...]] = None
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The parameter groups, in update order; () for one loss over all parameters."""
+        if not isinstance(self.loss, Mapping):
+            return ()
+        return tuple(dict.fromkeys(g for g, _ in self.update_schedule)) if self.update_schedule else tuple(self.loss)
 
 
 def bits_per_dim(nats_per_example: jax.Array, num_dims: int) -> jax.Array:

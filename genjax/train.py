@@ -6,8 +6,14 @@ clipping, a warmup/cosine schedule and an EMA of the parameters. Ensembles of K
 configurations (seeds and float hyperparameters such as the learning rate) train
 in one program with `jax.vmap` over a leading axis of the state.
 
+Families with several players or with state use the same train function
+(docs/protocol.md): parameter groups with their own losses, optimizers and an
+update schedule (a GAN's n_critic critic updates per generator update), and model
+state that is threaded through the loss but never optimized (a replay buffer).
+
 Determinism: the RNG of step s is fold_in(fold_in(run_key, 0), s) and the batch of
-step s is batch_fn(fold_in(run_key, 1), s), so a run resumed from a checkpoint
+step s is batch_fn(fold_in(run_key, 1), s) (update j of a U-update step: key
+fold_in(step key, j), batch index s U + j), so a run resumed from a checkpoint
 equals one that never stopped.
 
 Memory: `grad_accum_steps` splits each batch into micro-batches whose gradients
@@ -15,7 +21,7 @@ are averaged before one optimizer update; a mesh with an `fsdp` axis shards the
 parameters, their EMA and the optimizer state over it (ZeRO-3 / FSDP: Rajbhandari
 et al. 2020), while the batch is split over every mesh axis.
 """
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,17 +29,23 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from genjax.core import check_int
+
 PyTree = Any
 
 _RNG_STREAM, _DATA_STREAM = 0, 1
 
 
 class TrainState(NamedTuple):
-    step: jax.Array  # int32 scalar: number of updates applied so far
-    params: PyTree
+    step: jax.Array  # int32 scalar: number of train steps (update rounds) done so far
+    params: PyTree  # a dict of parameter groups for families with several players
     ema_params: PyTree
-    opt_state: PyTree
+    opt_state: PyTree  # a dict {group: optimizer state} when params are grouped
     run_key: jax.Array  # all randomness of the run derives from this key
+    # State that is not optimized (a replay buffer, BatchNorm statistics, spectral-norm
+    # vectors, an EMA codebook): threaded through the loss, checkpointed, vmapped and
+    # sharded with the rest, never differentiated, decayed or EMA-averaged.
+    model_state: PyTree = None
 
 
 def step_key(state: TrainState) -> jax.Array:
@@ -104,8 +116,7 @@ def _is_injected(node) -> bool:
     return hasattr(node, "hyperparams") and isinstance(getattr(node, "hyperparams"), dict)
 
 
-def get_hyperparams(opt_state) -> dict:
-    """The injected hyperparameters of an optimizer state (merged over injections)."""
+def _injected(opt_state) -> dict:
     found = {}
     for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_injected):
         if _is_injected(node):
@@ -113,14 +124,37 @@ def get_hyperparams(opt_state) -> dict:
     return found
 
 
+def _groups_of(opt_state) -> dict | None:
+    """{group: state} for the optimizer state of grouped parameters (a plain dict at
+    the top, which optax's own states never are), else None."""
+    return opt_state if isinstance(opt_state, Mapping) else None
+
+
+def get_hyperparams(opt_state) -> dict:
+    """The injected hyperparameters of an optimizer state (merged over injections);
+    named "group.name" when the parameters are grouped."""
+    groups = _groups_of(opt_state)
+    if groups is None:
+        return _injected(opt_state)
+    return {f"{g}.{name}": v for g, s in groups.items() for name, v in _injected(s).items()}
+
+
 def set_hyperparams(opt_state, **values):
-    """A copy of `opt_state` with injected hyperparameters replaced; unknown names
-    raise a ValueError listing the valid ones."""
+    """A copy of `opt_state` with injected hyperparameters replaced ("group.name" for
+    grouped parameters); unknown names raise a ValueError listing the valid ones."""
     valid = get_hyperparams(opt_state)
     unknown = sorted(set(values) - set(valid))
     if unknown:
         raise ValueError(f"unknown optimizer hyperparameter(s) {unknown}; valid: {sorted(valid)}")
+    groups = _groups_of(opt_state)
+    if groups is not None:
+        return {g: _set_injected(s, {name.split(".", 1)[1]: v for name, v in values.items()
+                                     if name.split(".", 1)[0] == g})
+                for g, s in groups.items()}
+    return _set_injected(opt_state, values)
 
+
+def _set_injected(opt_state, values: dict):
     def replace(node):
         if not _is_injected(node):
             return node
@@ -135,22 +169,64 @@ def set_hyperparams(opt_state, **values):
 
 # ----------------------------------------------------------------------------- state
 
-def init_state(init_fn: Callable, optimizer: optax.GradientTransformation, key,
-               example_batch, **hyperparams) -> TrainState:
-    """Initial state: params from `init_fn(key, batch)`, EMA = params, step 0.
+def update_rounds(loss_fn, update_schedule=None) -> tuple[tuple[str | None, int], ...]:
+    """The updates of one train step as ((group, count), ...): ((None, 1),) for one
+    loss over all parameters; for a dict of per-group losses, `update_schedule`
+    (default: each group once, in the dict's order), checked against the groups."""
+    if not isinstance(loss_fn, Mapping):
+        if update_schedule is not None:
+            raise ValueError("update_schedule needs parameter groups (loss_fn a dict {group: loss})")
+        return ((None, 1),)
+    schedule = tuple(update_schedule) if update_schedule is not None else tuple((g, 1) for g in loss_fn)
+    for entry in schedule:
+        if not (isinstance(entry, tuple) and len(entry) == 2):
+            raise ValueError(f"update_schedule entry {entry!r}; expected (group, count)")
+        group, count = entry
+        if group not in loss_fn:
+            raise ValueError(f"update_schedule names group {group!r}; valid groups: {sorted(loss_fn)}")
+        check_int(f"update count of group {group!r}", count, minimum=1)
+    unscheduled = sorted(set(loss_fn) - {g for g, _ in schedule})
+    if unscheduled:
+        raise ValueError(f"groups {unscheduled} have a loss but no place in update_schedule {schedule}")
+    return schedule
 
-    `hyperparams` override injected optimizer hyperparameters (e.g. learning_rate).
+
+def _check_group_dict(what: str, value, groups) -> None:
+    if not isinstance(value, Mapping) or set(value) != set(groups):
+        got = sorted(value) if isinstance(value, Mapping) else type(value).__name__
+        raise ValueError(f"{what} must be a dict with one entry per parameter group {sorted(groups)}; got {got}")
+
+
+def init_state(init_fn: Callable, optimizer, key, example_batch, *,
+               init_model_state: Callable | None = None, **hyperparams) -> TrainState:
+    """Initial state: params from `init_fn(key, batch)`, EMA = params, step 0, and
+    model state from `init_model_state(key, batch)` when the family has one.
+
+    `optimizer` is one transformation, or a dict {group: transformation} for a
+    family whose params are a dict of parameter groups (each group's optimizer
+    state is then kept apart). `hyperparams` override injected optimizer
+    hyperparameters: `learning_rate=...`, or "group.learning_rate" for a group.
     """
     init_key, run_key = jax.random.split(key)
     params = init_fn(init_key, example_batch)
-    opt_state = optimizer.init(params)
+    if isinstance(optimizer, Mapping):
+        if not isinstance(params, Mapping) or set(params) != set(optimizer):
+            got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+            raise ValueError(f"params must be a dict of the parameter groups {sorted(optimizer)}; got {got}")
+        opt_state = {g: optimizer[g].init(params[g]) for g in optimizer}
+    else:
+        opt_state = optimizer.init(params)
     if hyperparams:
         opt_state = set_hyperparams(opt_state, **hyperparams)
     ema_params = jax.tree_util.tree_map(jnp.copy, params)  # a distinct buffer, so both can be donated
-    return TrainState(jnp.zeros((), jnp.int32), params, ema_params, opt_state, run_key)
+    model_state = None
+    if init_model_state is not None:
+        model_state = init_model_state(jax.random.fold_in(init_key, 1), example_batch)
+    return TrainState(jnp.zeros((), jnp.int32), params, ema_params, opt_state, run_key, model_state)
 
 
-def init_ensemble(init_fn: Callable, optimizer, keys, example_batch, **hyperparams) -> TrainState:
+def init_ensemble(init_fn: Callable, optimizer, keys, example_batch, *,
+                  init_model_state: Callable | None = None, **hyperparams) -> TrainState:
     """K stacked states (leading axis K), member k from keys[k] and hyperparams[name][k].
 
     Member k is exactly `init_state(init_fn, optimizer, keys[k], batch, name=values[k])`.
@@ -161,7 +237,8 @@ def init_ensemble(init_fn: Callable, optimizer, keys, example_batch, **hyperpara
         if np.shape(values) != (num,):
             raise ValueError(f"hyperparameter {name!r} has shape {np.shape(values)}; expected ({num},), one per member")
     stacked = {k: jnp.asarray(v, jnp.float32) for k, v in hyperparams.items()}
-    return jax.vmap(lambda key, hp: init_state(init_fn, optimizer, key, example_batch, **hp))(keys, stacked)
+    return jax.vmap(lambda key, hp: init_state(init_fn, optimizer, key, example_batch,
+                                               init_model_state=init_model_state, **hp))(keys, stacked)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -253,49 +330,107 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_per_s: float) ->
     return tokens_per_s * flops_per_token / peak_flops_per_s
 
 
+def _value_and_group_grad(loss_fn: Callable, group: str | None) -> Callable:
+    """(params, key, batch, model_state) -> ((loss, (metrics, model_state)), grads of
+    `group`'s parameters); group None differentiates the whole tree. A stateless
+    loss (model_state None) is called as loss_fn(params, key, batch)."""
+
+    def loss_of_group(group_params, params, key, batch, model_state):
+        full = group_params if group is None else {**params, group: group_params}
+        if model_state is None:
+            loss, metrics = loss_fn(full, key, batch)
+            return loss, (metrics, None)
+        return loss_fn(full, key, batch, model_state)
+
+    grad_fn = jax.value_and_grad(loss_of_group, has_aux=True)
+
+    def value_and_grad(params, key, batch, model_state):
+        group_params = params if group is None else params[group]
+        return grad_fn(group_params, params, key, batch, model_state)
+
+    return value_and_grad
+
+
 def make_train_fn(
-    loss_fn: Callable,
-    optimizer: optax.GradientTransformation,
+    loss_fn: Callable | Mapping[str, Callable],
+    optimizer: optax.GradientTransformation | Mapping[str, optax.GradientTransformation],
     *,
     ema_decay: float = 0.999,
     steps_per_call: int = 1,
     batch_fn: Callable | None = None,
     mesh: Mesh | None = None,
-    learning_rate_fn: Callable | None = None,
+    learning_rate_fn: Callable | Mapping[str, Callable] | None = None,
     unroll: int | bool = 1,
     grad_accum_steps: int = 1,
+    update_schedule: Sequence[tuple[str, int]] | None = None,
+    ema_groups: Sequence[str] | None = None,
 ) -> Callable:
     """Returns train_fn(state, batches=None) -> (state, metrics), pure and jittable.
 
-    Runs `steps_per_call` optimizer steps in a `lax.scan`. The batch of each step
-    comes from `batch_fn(data_key, step)` (generated on device; batches=None) or
-    from `batches`, a pytree with a leading axis of length steps_per_call.
+    Runs `steps_per_call` steps in a `lax.scan`. The batch of each update comes
+    from `batch_fn(data_key, index)` (generated on device; batches=None) or from
+    `batches`, a pytree with a leading axis of length steps_per_call.
     `unroll` is passed to the scan; True traces the steps one after another into
     straight-line code with no loop at all (see `host_loop`).
     Metrics are stacked over the steps: the loss's own metrics plus `loss`,
     `grad_norm` and (given learning_rate_fn) `learning_rate`.
 
-    grad_accum_steps = A > 1: every leaf of a step's batch (leading size B, a
+    Parameter groups (`docs/protocol.md`): with `loss_fn` a dict {group: loss} and
+    `optimizer` a dict {group: transformation}, params is a dict with those groups
+    as its top-level keys and each loss is differentiated with respect to its own
+    group only, updated by its own optimizer (own clipping, moments, schedule).
+    A step is one round of `update_schedule`, e.g. (("critic", 5), ("generator",
+    1)): U = 6 updates in that order, each seeing the parameters the one before
+    left. Update j of step s has the key fold_in(step key, j) and the batch
+    batch_fn(data_key, s * U + j) (host-fed `batches` then have shape
+    (steps_per_call, U, ...)); with U = 1 these are the single-loss key and batch.
+    The EMA is kept for `ema_groups` (default: every group); the other groups'
+    `ema_params` are copies of their parameters, so `sample(ema_params, ...)`
+    needs no special case. Metrics of group g are named "g/loss", "g/grad_norm",
+    "g/learning_rate", "g/<metric>" (means over g's updates in the round); "loss"
+    is the sum of the groups' losses and "grad_norm" the norm of all their last
+    gradients together: signals for the divergence guard, not objectives.
+
+    Model state (`TrainState.model_state`, not None): the loss is called as
+    loss(params, key, batch, model_state) -> (scalar, (metrics, new model_state))
+    and the state it returns is carried to the next update (and from micro-batch
+    to micro-batch under accumulation). It is never differentiated, decayed or
+    averaged.
+
+    grad_accum_steps = A > 1: every leaf of an update's batch (leading size B, a
     multiple of A) is split into A micro-batches of B / A rows, taken with stride
     A (rows i, i + A, ...) so that each stays spread over the `data` axis; the
     update uses the mean of their gradients, and the loss and metrics are means
     over them too. For a loss that is a mean over examples this equals the
     full-batch step at 1/A of the activation memory; micro-batch i gets the key
-    fold_in(step key, i), so losses that draw randomness differ from the full
+    fold_in(update key, i), so losses that draw randomness differ from the full
     batch in their draws only. The micro-batches run in a `lax.scan`, or one
     after another in straight-line code when unroll is True.
 
-    A mesh with an `fsdp` axis (`fsdp_mesh`) keeps params, EMA, gradients and
-    optimizer state sharded by `fsdp_shardings`; place the initial state with
-    `shard_state`.
+    A mesh with an `fsdp` axis (`fsdp_mesh`) keeps params, EMA, gradients,
+    optimizer and model state sharded by `fsdp_shardings`; place the initial
+    state with `shard_state`.
     """
     if not (isinstance(grad_accum_steps, (int, np.integer)) and grad_accum_steps >= 1):
         raise ValueError(f"grad_accum_steps={grad_accum_steps!r}; expected a positive integer")
+    updates = update_rounds(loss_fn, update_schedule)
+    grouped = isinstance(loss_fn, Mapping)
+    if grouped:
+        _check_group_dict("optimizer", optimizer, loss_fn)
+        if learning_rate_fn is not None:
+            _check_group_dict("learning_rate_fn", learning_rate_fn, loss_fn)
+        for g in ema_groups or ():
+            if g not in loss_fn:
+                raise ValueError(f"ema group {g!r} is not a parameter group; valid groups: {sorted(loss_fn)}")
+    elif ema_groups is not None:
+        raise ValueError("ema_groups needs parameter groups (loss_fn a dict {group: loss})")
+    num_updates = sum(count for _, count in updates)
+    grad_fns = {group: _value_and_group_grad(loss_fn[group] if grouped else loss_fn, group)
+                for group, _ in updates}
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def accumulated_grads(params, key, batch):
+    def accumulated(group, params, key, batch, model_state):
         A = grad_accum_steps
+        grad_fn = grad_fns[group]
 
         def split(leaf):
             if leaf.shape[0] % A:
@@ -308,50 +443,104 @@ def make_train_fn(
         micro = jax.tree_util.tree_map(split, batch)
         micro = shard_batch(micro, mesh, axis=1)
 
-        def one(i, mb):
-            (loss, metrics), grads = grad_fn(params, jax.random.fold_in(key, i), mb)
-            return (loss, metrics), _constrain(grads, mesh)
+        def one(i, mb, model_state):
+            (loss, (metrics, model_state)), grads = grad_fn(params, jax.random.fold_in(key, i), mb, model_state)
+            return (loss, metrics), _constrain(grads, mesh), model_state
 
         if unroll is True:
-            outs = [one(i, jax.tree_util.tree_map(lambda x: x[i], micro)) for i in range(A)]
+            outs = []
+            for i in range(A):
+                (loss, metrics), grads, model_state = one(i, jax.tree_util.tree_map(lambda x: x[i], micro),
+                                                          model_state)
+                outs.append(((loss, metrics), grads))
             (losses, metrics), grads = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
             grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
         else:
-            def body(acc, xs):
+            def body(carry, xs):
+                acc, model_state = carry
                 i, mb = xs
-                (loss, metrics), grads = one(i, mb)
+                (loss, metrics), grads, model_state = one(i, mb, model_state)
                 acc = jax.tree_util.tree_map(lambda a, g: a + g / A, acc, grads)
-                return acc, (loss, metrics)
+                return (acc, model_state), (loss, metrics)
 
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            grads, (losses, metrics) = jax.lax.scan(body, zeros, (jnp.arange(A), micro))
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params if group is None else params[group])
+            (grads, model_state), (losses, metrics) = jax.lax.scan(
+                body, (zeros, model_state), (jnp.arange(A), micro))
         mean = lambda x: jnp.mean(x, axis=0)  # noqa: E731
-        return (mean(losses), jax.tree_util.tree_map(mean, metrics)), grads
+        return (mean(losses), jax.tree_util.tree_map(mean, metrics)), grads, model_state
 
-    def one_step(state: TrainState, batch):
+    def one_update(group, state: TrainState, key, batch):
+        """One optimizer update of `group` (None: all parameters)."""
         if grad_accum_steps == 1:
             batch = shard_batch(batch, mesh)
-            (loss, metrics), grads = grad_fn(state.params, step_key(state), batch)
+            (loss, (metrics, model_state)), grads = grad_fns[group](
+                state.params, key, batch, state.model_state)
         else:
-            (loss, metrics), grads = accumulated_grads(state.params, step_key(state), batch)
+            (loss, metrics), grads, model_state = accumulated(group, state.params, key, batch, state.model_state)
         grads = _constrain(grads, mesh)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = jax.tree_util.tree_map(
-            lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
-        params, ema, opt_state = _constrain((params, ema, opt_state), mesh)
+        if group is None:
+            new, opt_state = _apply(optimizer, grads, state.opt_state, state.params)
+            params = new
+        else:
+            new, group_opt = _apply(optimizer[group], grads, state.opt_state[group], state.params[group])
+            params, opt_state = {**state.params, group: new}, {**state.opt_state, group: group_opt}
+        params, opt_state, model_state = _constrain((params, opt_state, model_state), mesh)
         metrics = dict(metrics)
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.tree.norm(grads)
-        if learning_rate_fn is not None:
-            metrics["learning_rate"] = learning_rate_fn(state.opt_state)
-        return TrainState(state.step + 1, params, ema, opt_state, state.run_key), metrics
+        lr_fn = learning_rate_fn if group is None or learning_rate_fn is None else learning_rate_fn[group]
+        if lr_fn is not None:
+            metrics["learning_rate"] = lr_fn(state.opt_state if group is None else state.opt_state[group])
+        return state._replace(params=params, opt_state=opt_state, model_state=model_state), metrics
+
+    def repeated_updates(group, count, first, state, key, batches):
+        """`count` updates of `group`, update i (of the round) = first + i; metrics
+        are means over them."""
+        def body(state, i):
+            batch = batches(first + i)
+            return one_update(group, state, jax.random.fold_in(key, first + i), batch)
+
+        if count == 1:
+            return body(state, 0)
+        if unroll is True:
+            collected = []
+            for i in range(count):
+                state, metrics = body(state, i)
+                collected.append(metrics)
+            metrics = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *collected)
+        else:
+            state, metrics = jax.lax.scan(body, state, jnp.arange(count))
+        return state, jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), metrics)
+
+    def one_step(state: TrainState, batch_of):
+        key = step_key(state)
+        if not grouped:  # one loss over all parameters: the key and batch of the step itself
+            new_state, metrics = one_update(None, state, key, batch_of(0))
+        else:
+            new_state, metrics, first = state, {}, 0
+            losses, norms = [], []
+            for group, count in updates:
+                new_state, group_metrics = repeated_updates(group, count, first, new_state, key, batch_of)
+                first += count
+                losses.append(group_metrics["loss"])
+                norms.append(group_metrics["grad_norm"])
+                metrics.update({f"{group}/{name}": value for name, value in group_metrics.items()})
+            metrics["loss"] = sum(losses)
+            metrics["grad_norm"] = jnp.sqrt(sum(n**2 for n in norms))
+        ema = _ema(state.ema_params, new_state.params, ema_decay, ema_groups if grouped else None)
+        ema = _constrain(ema, mesh)
+        return new_state._replace(step=state.step + 1, ema_params=ema), metrics
 
     def train_fn(state: TrainState, batches=None):
-        def body(state, batch):
+        def body(state, step_batches):
             if batch_fn is not None:
-                batch = batch_fn(data_key(state), state.step)
-            return one_step(state, batch)
+                index0 = state.step * num_updates
+                batch_of = lambda j: batch_fn(data_key(state), index0 + j)  # noqa: E731
+            elif num_updates == 1:
+                batch_of = lambda j: step_batches  # noqa: E731
+            else:
+                batch_of = lambda j: jax.tree_util.tree_map(lambda b: b[j], step_batches)  # noqa: E731
+            return one_step(state, batch_of)
 
         if batch_fn is None and batches is None:
             raise ValueError("train_fn needs `batches` when no batch_fn was given")
@@ -365,6 +554,20 @@ def make_train_fn(
         return jax.lax.scan(body, state, batches, length=steps_per_call, unroll=unroll)
 
     return train_fn
+
+
+def _apply(optimizer, grads, opt_state, params):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _ema(ema_params, params, decay, ema_groups):
+    """EMA of the parameters (Polyak & Juditsky 1992); groups outside `ema_groups`
+    (when given) track their parameters exactly."""
+    average = lambda e, p: jax.tree_util.tree_map(lambda a, b: decay * a + (1.0 - decay) * b, e, p)  # noqa: E731
+    if ema_groups is None:
+        return average(ema_params, params)
+    return {g: average(ema_params[g], params[g]) if g in ema_groups else params[g] for g in params}
 
 
 def host_loop(step_fn: Callable, num_calls: int) -> Callable:
