@@ -10,7 +10,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from genjax import integrate
+from genjax import integrate, mcmc
 from genjax.diffusion.sde import SDE, broadcast_to_batch, initial_noise
 
 
@@ -40,15 +40,18 @@ def langevin_corrector(key, rsde, x, t, dt, *, snr):
     The norms are averaged over the batch, as in the paper's code: per-example
     norms blow the step up wherever one sample's score is near zero, which in low
     dimensions happens often.
+
+    The step size eps_i = 2 alpha_i (snr ||z|| / ||score||)^2 needs the step's noise z
+    and score; the step itself is `mcmc.langevin_step` with the same key, so it draws
+    the same z, and it is given the score already computed here.
     """
     forward = rsde.forward
     score = rsde.score_fn(x, t)
-    z = jax.random.normal(key, x.shape)
+    z = jax.random.normal(key, x.shape, x.dtype)
     alpha = forward.langevin_alpha(t, dt)
     ratio = jnp.mean(_per_example_norm(z)) / jnp.mean(_per_example_norm(score))
     step = 2.0 * alpha * (snr * ratio) ** 2
-    x_mean = x + broadcast_to_batch(step, x) * score
-    return x_mean + broadcast_to_batch(jnp.sqrt(2.0 * step), x) * z, x_mean
+    return mcmc.langevin_step(key, lambda _: score, x, step)
 
 
 PREDICTORS = {
