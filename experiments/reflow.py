@@ -38,7 +38,7 @@ from experiments.checkpoint import Checkpointer
 from experiments.logging import MetricsLogger, read_metrics
 from genjax import metrics as metrics_lib
 from genjax import train as train_lib
-from genjax.flows import matching, rectified
+from genjax.flows import matching, ode, rectified
 
 _BASE_WORKDIR = flags.DEFINE_string(
     "base_workdir", None, "Run directory of the base flow (default <workdir>/base); trained there if absent.")
@@ -125,7 +125,7 @@ def fit(stage_dir, loss_fn, params0, batch_fn, optim, train_cfg, key):
 
 
 def pair_solver_kwargs(rc):
-    """`matching.ode_sample` keywords of the teacher ODE solve for the reflow pairs."""
+    """`ode.ode_sample` keywords of the teacher ODE solve for the reflow pairs."""
     if rc.pair_method == "adaptive":
         return dict(method="adaptive", rtol=rc.pair_rtol, atol=rc.pair_atol)
     return dict(method=rc.pair_method, num_steps=rc.pair_num_steps)
@@ -141,7 +141,7 @@ def make_pairs(stage_dir, velocity_of, params, config, key):
             return jnp.asarray(cached["x0"]), jnp.asarray(cached["x1"])
     os.makedirs(stage_dir, exist_ok=True)
     solver = pair_solver_kwargs(rc)
-    solve = jax.jit(lambda p, k, n: matching.reflow_pairs(k, velocity_of(p), n, (2,), **solver),
+    solve = jax.jit(lambda p, k, n: rectified.reflow_pairs(k, velocity_of(p), n, (2,), **solver),
                     static_argnums=2)
     x0s, x1s = [], []
     for start in range(0, rc.num_pairs, rc.pair_chunk):
@@ -212,9 +212,9 @@ def run_reflow(config, workdir, base_workdir):
     x0 = jax.random.normal(jax.random.fold_in(key, _EVAL_STREAM), (cc.num, 2))
     flows = {"base (1-rectified)": base_params, "reflow (2-rectified)": reflow_params}
     rows, pictures = [], {"data": np.asarray(data)}
-    euler = jax.jit(lambda p, n: matching.ode_sample(None, velocity_of(p), x0.shape, method="euler",
-                                                      num_steps=n, x_init=x0)[0], static_argnums=1)
-    straight = jax.jit(lambda p: matching.straightness(
+    euler = jax.jit(lambda p, n: ode.ode_sample(None, velocity_of(p), x0.shape, method="euler",
+                                                 num_steps=n, x_init=x0)[0], static_argnums=1)
+    straight = jax.jit(lambda p: rectified.straightness(
         None, velocity_of(p), x0[:cc.straightness_num], num_steps=cc.straightness_steps)[0])
     traj = jax.jit(lambda p: rectified.euler_trajectories(
         velocity_of(p), x0[:cc.num_trajectories], cc.straightness_steps))

@@ -7,6 +7,7 @@ from genjax.diffusion import model as diffusion_model
 from genjax.diffusion import sde as sde_lib
 from genjax.flows import cnf as cnf_lib
 from genjax.flows import matching as matching_lib
+from genjax.flows import paths as paths_lib
 from genjax.flows import realnvp as realnvp_lib
 from genjax.nn.mlp import TimeMLP
 from genjax.nn.unet import UNet
@@ -84,7 +85,7 @@ def build_flow_matching_model(config, source):
     net = choose("net", m.get("net", "mlp"), NETS)(m, source.num_classes)
     return matching_lib.make_flow_matching_model(
         net, data_shape=source.data_shape,
-        path=matching_lib.cond_ot_path(m.sigma_min),
+        path=paths_lib.cond_ot_path(m.sigma_min),
         ot_coupling=m.ot_coupling, num_classes=source.num_classes,
         label_dropout=m.get("label_dropout", 0.1))
 

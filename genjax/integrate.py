@@ -6,7 +6,8 @@ all integrate through `solve_ode`, and all compute log-likelihoods through
 
 Conventions: a vector field is `f(y, t) -> dy/dt` with `y` a pytree whose leaves
 carry a leading batch axis and `t` a scalar. Integration may run backwards in time
-(t1 < t0). Every solver returns `(y1, nfe)`, the number of evaluations of `f`.
+(t1 < t0). Every solver returns `(y1, nfe)`, the number of evaluations of `f`;
+`solve_ode_trajectory` returns `(ys, nfe)` with every state of a fixed-step solve.
 """
 from typing import Callable
 
@@ -42,29 +43,42 @@ def rms_norm(tree) -> jax.Array:
     return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
 
 
-def _fixed_step(vector_field, y0, ts, method):
+def _fixed_step(vector_field, y0, ts, method, save_trajectory=False):
+    """y at ts[-1] from y0 at ts[0]; with save_trajectory, the states at every ts[1:]."""
+
     def rk_step(y, t_pair):
         t, t_next = t_pair
         h = t_next - t
         add = lambda a, b, c=1.0: jax.tree_util.tree_map(lambda u, v: u + c * v, a, b)
         k1 = vector_field(y, t)
         if method == "euler":
-            return add(y, k1, h), None
-        if method == "midpoint":
+            y_next = add(y, k1, h)
+        elif method == "midpoint":
             k2 = vector_field(add(y, k1, h / 2), t + h / 2)
-            return add(y, k2, h), None
-        if method == "heun":
+            y_next = add(y, k2, h)
+        elif method == "heun":
             k2 = vector_field(add(y, k1, h), t_next)
-            return add(y, jax.tree_util.tree_map(lambda a, b: (a + b) / 2, k1, k2), h), None
-        # Classical fourth-order Runge-Kutta.
-        k2 = vector_field(add(y, k1, h / 2), t + h / 2)
-        k3 = vector_field(add(y, k2, h / 2), t + h / 2)
-        k4 = vector_field(add(y, k3, h), t_next)
-        incr = jax.tree_util.tree_map(lambda a, b, c, d: (a + 2 * b + 2 * c + d) / 6, k1, k2, k3, k4)
-        return add(y, incr, h), None
+            y_next = add(y, jax.tree_util.tree_map(lambda a, b: (a + b) / 2, k1, k2), h)
+        else:  # Classical fourth-order Runge-Kutta.
+            k2 = vector_field(add(y, k1, h / 2), t + h / 2)
+            k3 = vector_field(add(y, k2, h / 2), t + h / 2)
+            k4 = vector_field(add(y, k3, h), t_next)
+            incr = jax.tree_util.tree_map(lambda a, b, c, d: (a + 2 * b + 2 * c + d) / 6, k1, k2, k3, k4)
+            y_next = add(y, incr, h)
+        return y_next, (y_next if save_trajectory else None)
 
-    y1, _ = jax.lax.scan(rk_step, y0, (ts[:-1], ts[1:]))
-    return y1
+    y1, ys = jax.lax.scan(rk_step, y0, (ts[:-1], ts[1:]))
+    return ys if save_trajectory else y1
+
+
+def _fixed_step_grid(method, t0, t1, num_steps, ts):
+    if method not in FIXED_STEP_METHODS:
+        raise ValueError(f"unknown fixed-step method {method!r}; expected one of {FIXED_STEP_METHODS}")
+    if ts is None:
+        if num_steps is None or num_steps < 1:
+            raise ValueError(f"method={method!r} needs num_steps >= 1 or ts; got num_steps={num_steps}")
+        ts = jnp.linspace(t0, t1, num_steps + 1)
+    return ts, (ts.shape[0] - 1) * _EVALS_PER_STEP[method]
 
 
 def solve_ode(
@@ -93,12 +107,8 @@ def solve_ode(
     Returns (y1, nfe).
     """
     if method in FIXED_STEP_METHODS:
-        if ts is None:
-            if num_steps is None or num_steps < 1:
-                raise ValueError(f"method={method!r} needs num_steps >= 1 or ts; got num_steps={num_steps}")
-            ts = jnp.linspace(t0, t1, num_steps + 1)
-        steps = ts.shape[0] - 1
-        return _fixed_step(vector_field, y0, ts, method), steps * _EVALS_PER_STEP[method]
+        ts, nfe = _fixed_step_grid(method, t0, t1, num_steps, ts)
+        return _fixed_step(vector_field, y0, ts, method), nfe
     if method not in ADAPTIVE_METHODS:
         raise ValueError(
             f"unknown ODE method {method!r}; expected one of {ADAPTIVE_METHODS + FIXED_STEP_METHODS}"
@@ -119,6 +129,30 @@ def solve_ode(
     # Both solvers are FSAL: one evaluation at t0, then six per attempted step.
     nfe = 1 + 6 * sol.stats["num_steps"]
     return y1, nfe
+
+
+def solve_ode_trajectory(
+    vector_field: Callable,
+    y0,
+    t0: float,
+    t1: float,
+    *,
+    method: str = "euler",
+    num_steps: int | None = None,
+    ts: jax.Array | None = None,
+):
+    """`solve_ode` with a fixed-step method, keeping every intermediate state.
+
+    The same steps as `solve_ode(..., method=method)` on the same grid (`num_steps`
+    uniform steps or an explicit `ts`), so the last state is its result.
+
+    Returns (ys, nfe): each leaf of ys has a leading axis of K + 1 states, entry k
+    the state at the k-th grid time (entry 0 is y0).
+    """
+    ts, nfe = _fixed_step_grid(method, t0, t1, num_steps, ts)
+    ys = _fixed_step(vector_field, y0, ts, method, save_trajectory=True)
+    ys = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest], axis=0), y0, ys)
+    return ys, nfe
 
 
 def _basis_probes(x: jax.Array) -> jax.Array:

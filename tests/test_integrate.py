@@ -72,6 +72,24 @@ def test_unknown_method_lists_valid_ones():
         integrate.solve_ode(_linear, jnp.ones((1, 2)), 0.0, 1.0, method="euler")
 
 
+@pytest.mark.parametrize("method", integrate.FIXED_STEP_METHODS)
+def test_trajectory_ends_where_solve_ode_does(method):
+    # A pytree state, integrated backwards: every saved state is the same step's.
+    state0 = (jnp.ones((3, 2)), jnp.zeros((3,)))
+    field = lambda s, t: (_linear(s[0], t), jnp.sum(s[0] ** 2, axis=1) * t)
+    ys, nfe = integrate.solve_ode_trajectory(field, state0, 1.0, 0.25, method=method, num_steps=5)
+    y1, nfe1 = integrate.solve_ode(field, state0, 1.0, 0.25, method=method, num_steps=5)
+    assert nfe == nfe1
+    assert ys[0].shape == (6, 3, 2) and ys[1].shape == (6, 3)
+    for leaf0, traj, last in zip(state0, ys, y1):
+        np.testing.assert_array_equal(traj[0], leaf0)
+        np.testing.assert_allclose(traj[-1], last, rtol=1e-6, atol=1e-7)
+    two, _ = integrate.solve_ode(field, state0, 1.0, 0.25, method=method, ts=jnp.linspace(1.0, 0.25, 6)[:3])
+    np.testing.assert_allclose(ys[0][2], two[0], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="fixed-step"):
+        integrate.solve_ode_trajectory(field, state0, 1.0, 0.25, method="adaptive")
+
+
 def _random_field(key, dim):
     w1 = jax.random.normal(key, (dim, 16)) / math.sqrt(dim)
     w2 = jax.random.normal(jax.random.fold_in(key, 1), (16, dim)) / 4.0

@@ -1,4 +1,5 @@
-"""Tests for genjax.flows.matching against a Gaussian target with a closed-form flow.
+"""Tests for flow matching (genjax.flows.paths, ot_coupling, ode, matching and the
+reflow pieces of rectified) against a Gaussian target with a closed-form flow.
 
 For data x1 ~ N(mu, S) (S = Q diag(lam) Q^T), noise x0 ~ N(0, I) and the
 conditional-OT path x_t = t x1 + (1 - t) x0, the pair (x_t, u = x1 - x0) is
@@ -23,7 +24,7 @@ import optax
 import pytest
 
 from genjax import train
-from genjax.flows import matching
+from genjax.flows import matching, ode, ot_coupling, paths, rectified
 from genjax.nn.mlp import TimeMLP
 
 MU = jnp.array([1.0, -0.5])
@@ -54,10 +55,10 @@ def test_exact_velocity_is_the_conditional_expectation():
 
 
 SCHEDULERS = [
-    matching.CondOTScheduler(),
-    matching.CondOTScheduler(sigma_min=0.1),
-    matching.CosineScheduler(),
-    matching.VPScheduler(),
+    paths.CondOTScheduler(),
+    paths.CondOTScheduler(sigma_min=0.1),
+    paths.CosineScheduler(),
+    paths.VPScheduler(),
 ]
 
 
@@ -67,7 +68,7 @@ def test_scheduler_derivatives_and_path_velocity(scheduler):
     for fn, dfn in ((scheduler.alpha, scheduler.d_alpha), (scheduler.sigma, scheduler.d_sigma)):
         np.testing.assert_allclose(dfn(t), jax.vmap(jax.grad(fn))(t), rtol=1e-4, atol=1e-5)
     # The target velocity is the time derivative of the conditional path.
-    path = matching.AffinePath(scheduler)
+    path = paths.AffinePath(scheduler)
     k0, k1 = jax.random.split(jax.random.PRNGKey(0))
     x0 = jax.random.normal(k0, (7, 3))
     x1 = jax.random.normal(k1, (7, 3))
@@ -77,17 +78,17 @@ def test_scheduler_derivatives_and_path_velocity(scheduler):
 
 def test_path_endpoints():
     x0, x1 = jnp.ones((2, 3)), 2.0 * jnp.ones((2, 3))
-    for path in (matching.cond_ot_path(), matching.vp_path()):
+    for path in (paths.cond_ot_path(), paths.vp_path()):
         np.testing.assert_allclose(path.sample_xt(x0, x1, jnp.zeros(2)), x0, atol=1e-6)
         np.testing.assert_allclose(path.sample_xt(x0, x1, jnp.ones(2)), x1, atol=1e-6)
-    vp = matching.VPScheduler()
+    vp = paths.VPScheduler()
     t = jnp.linspace(0.0, 1.0, 5)
     np.testing.assert_allclose(vp.alpha(t) ** 2 + vp.sigma(t) ** 2, 1.0, atol=1e-6)
 
 
 def test_ode_sample_transports_noise_to_the_gaussian():
     x0 = jax.random.normal(jax.random.PRNGKey(1), (4000, 2))
-    x1, nfe = jax.jit(lambda x: matching.ode_sample(None, exact_velocity, x.shape, x_init=x))(x0)
+    x1, nfe = jax.jit(lambda x: ode.ode_sample(None, exact_velocity, x.shape, x_init=x))(x0)
     # The exact flow map is affine: x1 = mu + S^{1/2} x0 (module docstring);
     # 1e-4 is the adaptive solver's tolerance scale (rtol = atol = 1e-5) with margin.
     np.testing.assert_allclose(x1, MU + x0 @ S_HALF, atol=1e-4)
@@ -102,7 +103,7 @@ def test_ode_sample_transports_noise_to_the_gaussian():
 
 def test_exact_log_likelihood_matches_analytic_density():
     x = MU + jax.random.normal(jax.random.PRNGKey(2), (16, 2)) @ S_HALF * 1.5
-    logp, _ = jax.jit(lambda x: matching.log_likelihood(None, exact_velocity, x))(x)
+    logp, _ = jax.jit(lambda x: ode.log_likelihood(None, exact_velocity, x))(x)
     np.testing.assert_allclose(logp, target_log_prob(x), atol=1e-3)
 
 
@@ -110,7 +111,7 @@ def test_hutchinson_log_likelihood_is_unbiased():
     x = jnp.array([[0.5, 0.2]])
     reps = 512  # one point, 512 independent probe draws (one per row)
     est, _ = jax.jit(
-        lambda k: matching.log_likelihood(k, exact_velocity, jnp.repeat(x, reps, 0), exact_divergence=False)
+        lambda k: ode.log_likelihood(k, exact_velocity, jnp.repeat(x, reps, 0), exact_divergence=False)
     )(jax.random.PRNGKey(3))
     se = np.std(est) / np.sqrt(reps)
     assert se > 1e-3  # the estimator is actually random here
@@ -119,14 +120,14 @@ def test_hutchinson_log_likelihood_is_unbiased():
 
 def test_fixed_step_orders_of_convergence():
     x0 = jax.random.normal(jax.random.PRNGKey(4), (64, 2))
-    ref, _ = matching.ode_sample(None, exact_velocity, x0.shape, x_init=x0, rtol=1e-7, atol=1e-7)
+    ref, _ = ode.ode_sample(None, exact_velocity, x0.shape, x_init=x0, rtol=1e-7, atol=1e-7)
 
     @jax.jit
     def errors(x0):
         out = {}
         for method in ("euler", "heun"):
             for n in (16, 32):
-                x, _ = matching.ode_sample(None, exact_velocity, x0.shape, method=method, num_steps=n, x_init=x0)
+                x, _ = ode.ode_sample(None, exact_velocity, x0.shape, method=method, num_steps=n, x_init=x0)
                 out[method, n] = jnp.max(jnp.abs(x - ref))
         return out
 
@@ -140,7 +141,7 @@ def test_fixed_step_orders_of_convergence():
 def test_loss_at_exact_velocity_is_the_irreducible_variance():
     n = 20000
     x1 = MU + jax.random.normal(jax.random.PRNGKey(5), (n, 2)) @ S_HALF
-    path = matching.cond_ot_path()
+    path = paths.cond_ot_path()
     key = jax.random.PRNGKey(6)
 
     @jax.jit
@@ -166,13 +167,13 @@ def test_ot_permutation_is_the_optimal_assignment():
     def cost(perm):
         return float(np.sum((a[list(perm)] - b) ** 2))
 
-    perm = np.asarray(jax.jit(matching.ot_permutation)(x0, x1))
+    perm = np.asarray(jax.jit(ot_coupling.ot_permutation)(x0, x1))
     assert sorted(perm.tolist()) == list(range(6))
     brute = min(cost(p) for p in itertools.permutations(range(6)))
     assert cost(perm) == pytest.approx(brute, rel=1e-5)
     assert cost(perm) < cost(range(6))
     # Under vmap (ensembles) the callback runs once per member.
-    perms = jax.vmap(matching.ot_permutation)(jnp.stack([x0, x1]), jnp.stack([x1, x0]))
+    perms = jax.vmap(ot_coupling.ot_permutation)(jnp.stack([x0, x1]), jnp.stack([x1, x0]))
     np.testing.assert_array_equal(perms[0], perm)
 
 
@@ -181,7 +182,7 @@ def test_ot_coupling_lowers_the_loss_target_variance():
     # independent pairs: sum_j ||x0_perm(j) - x1_j||^2 <= the identity pairing's.
     x1 = jax.random.normal(jax.random.PRNGKey(8), (64, 2)) * 0.5 + 3.0
     x0 = jax.random.normal(jax.random.PRNGKey(9), (64, 2))
-    paired, _ = jax.jit(matching.minibatch_ot_coupling)(None, x0, x1)
+    paired, _ = jax.jit(ot_coupling.minibatch_ot_coupling)(None, x0, x1)
     assert jnp.sum((paired - x1) ** 2) < jnp.sum((x0 - x1) ** 2)
     np.testing.assert_allclose(jnp.sort(paired[:, 0]), jnp.sort(x0[:, 0]))
 
@@ -189,12 +190,12 @@ def test_ot_coupling_lowers_the_loss_target_variance():
 def test_straightness():
     a, b = jnp.array([[1.0, -2.0]]), jnp.array([[3.0, 0.5]])
     constant = lambda x, t: jnp.broadcast_to(b - a, x.shape)  # exact CondOT flow between point masses
-    s, _ = matching.straightness(None, constant, a, num_steps=10)
+    s, _ = rectified.straightness(None, constant, a, num_steps=10)
     assert abs(float(s)) < 1e-5 * float(jnp.sum((b - a) ** 2))
     # A rotation by one radian: S = r^2 (1 - |e^i - 1|^2) = r^2 (2 cos 1 - 1).
     rot = jnp.array([[0.0, -1.0], [1.0, 0.0]])
     x_init = jnp.array([[2.0, 0.0], [0.0, 1.0]])
-    s, _ = matching.straightness(None, lambda x, t: x @ rot.T, x_init, num_steps=None, method="adaptive")
+    s, _ = rectified.straightness(None, lambda x, t: x @ rot.T, x_init, num_steps=None, method="adaptive")
     assert float(s) == pytest.approx(2.5 * (2 * math.cos(1.0) - 1), rel=1e-4)
 
 
@@ -203,7 +204,7 @@ def test_reflow_of_the_exact_flow_is_straight():
     # x1 = mu + A x0 with A = S^{1/2}, whose straight-line marginal velocity is
     # v(x, t) = mu + (A - I)((1 - t) I + t A)^{-1} (x - t mu): straightness 0
     # and zero paired loss, while the original flow is curved.
-    x0, x1 = jax.jit(lambda k: matching.reflow_pairs(k, exact_velocity, 256, (2,)))(jax.random.PRNGKey(10))
+    x0, x1 = jax.jit(lambda k: rectified.reflow_pairs(k, exact_velocity, 256, (2,)))(jax.random.PRNGKey(10))
     np.testing.assert_allclose(x1, MU + x0 @ S_HALF, atol=1e-4)
 
     def reflowed(x, t):
@@ -213,9 +214,9 @@ def test_reflow_of_the_exact_flow_is_straight():
 
     @jax.jit
     def check(x0, x1):
-        curved, _ = matching.straightness(None, exact_velocity, x0, num_steps=200)
-        straight, _ = matching.straightness(None, reflowed, x0, num_steps=200)
-        loss = matching.paired_flow_matching_loss(jax.random.PRNGKey(11), matching.cond_ot_path(), reflowed, x0, x1)
+        curved, _ = rectified.straightness(None, exact_velocity, x0, num_steps=200)
+        straight, _ = rectified.straightness(None, reflowed, x0, num_steps=200)
+        loss = matching.paired_flow_matching_loss(jax.random.PRNGKey(11), paths.cond_ot_path(), reflowed, x0, x1)
         return curved, straight, loss
 
     curved, straight, loss = check(x0, x1)

@@ -24,7 +24,7 @@ import pytest
 import scipy.integrate
 
 from genjax import train
-from genjax.flows import matching, rectified
+from genjax.flows import matching, ode, rectified
 from genjax.nn.mlp import TimeMLP
 
 MU = jnp.array([2.0, -1.0])
@@ -63,7 +63,7 @@ def test_one_step_of_the_base_flow_collapses_and_of_the_straight_flow_is_exact()
     # ... while one step of the reflowed (straight) field is the exact flow map.
     np.testing.assert_allclose(rectified.one_step(straight_velocity, x0), MU + S * x0, atol=1e-5)
     # The base ODE itself does reach mu + s x0 (the reflow pairs).
-    _, x1 = jax.jit(lambda k: matching.reflow_pairs(k, base_velocity, 256, (2,)))(jax.random.PRNGKey(0))
+    _, x1 = jax.jit(lambda k: rectified.reflow_pairs(k, base_velocity, 256, (2,)))(jax.random.PRNGKey(0))
     np.testing.assert_allclose(x1, MU + S * x0, atol=1e-4)
 
 
@@ -83,7 +83,7 @@ def test_straightness_of_the_curved_base_flow_matches_the_closed_form():
     x0 = noise(2, 64)
     want = base_straightness(x0)
     assert want > 0.05  # the base flow is visibly curved
-    got, _ = jax.jit(lambda x: matching.straightness(None, base_velocity, x, num_steps=None, method="adaptive"))(x0)
+    got, _ = jax.jit(lambda x: rectified.straightness(None, base_velocity, x, num_steps=None, method="adaptive"))(x0)
     assert float(got) == pytest.approx(want, rel=1e-4)
     # The Euler estimate has O(1/K) error: 1000 steps must land within 1%.
     traj = jax.jit(lambda x: rectified.euler_trajectories(base_velocity, x, 1000))(x0)
@@ -95,10 +95,10 @@ def test_euler_trajectories_and_their_straightness():
     traj = jax.jit(lambda x: rectified.euler_trajectories(base_velocity, x, k))(x0)
     assert traj.shape == (k + 1, 32, 2)
     np.testing.assert_array_equal(traj[0], x0)
-    euler, _ = matching.ode_sample(None, base_velocity, x0.shape, method="euler", num_steps=k, x_init=x0)
+    euler, _ = ode.ode_sample(None, base_velocity, x0.shape, method="euler", num_steps=k, x_init=x0)
     np.testing.assert_allclose(traj[-1], euler, atol=1e-5)
     # For Euler trajectories the two straightness computations are the same sum.
-    s_euler, _ = matching.straightness(None, base_velocity, x0, num_steps=k, method="euler")
+    s_euler, _ = rectified.straightness(None, base_velocity, x0, num_steps=k, method="euler")
     assert float(rectified.trajectory_straightness(traj)) == pytest.approx(float(s_euler), rel=1e-4)
     # Along the straight field each Euler point is on the chord, at t = j / k.
     straight = rectified.euler_trajectories(straight_velocity, x0, k)
@@ -140,7 +140,7 @@ def test_reflow_then_distillation_on_the_gaussian():
     # The core recipe at small scale, with the exact base flow as the teacher:
     # reflow pairs -> a learned 2-rectified flow -> a distilled one-step generator.
     net = TimeMLP(hidden=(32, 32), time_dim=16)
-    x0, x1 = jax.jit(lambda k: matching.reflow_pairs(k, base_velocity, 4096, (2,)))(jax.random.PRNGKey(6))
+    x0, x1 = jax.jit(lambda k: rectified.reflow_pairs(k, base_velocity, 4096, (2,)))(jax.random.PRNGKey(6))
     batch_fn = rectified.pairs_batch_fn(x0, x1, 256)
     reflow = matching.make_flow_matching_model(net, data_shape=(2,), paired=True)
     params = fit(reflow, reflow.init(jax.random.PRNGKey(7), (x0, x1)), batch_fn, 400)
@@ -149,7 +149,7 @@ def test_reflow_then_distillation_on_the_gaussian():
     x_eval = noise(8, 512)
     exact = MU + S * x_eval
     curved = base_straightness(x_eval)
-    learned, _ = jax.jit(lambda x: matching.straightness(None, velocity, x, num_steps=50))(x_eval)
+    learned, _ = jax.jit(lambda x: rectified.straightness(None, velocity, x, num_steps=50))(x_eval)
     # The pairs lie on a monotone affine map, so the straight field is the exact
     # minimiser of the paired loss; the learned one must remove at least 80% of
     # the base flow's curvature (its straightness starts at 0 only by the zero

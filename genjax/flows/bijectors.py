@@ -17,7 +17,8 @@ Parameterised ones are `flax.linen` Modules, so `init`/`apply` stay pure:
     params = ActNorm((D,)).init(key, x_ND)          # data-dependent init
     x_ND, ld = ActNorm((D,)).apply(params, y_ND, method=ActNorm.inverse_and_log_det)
 
-`Chain` composes both kinds.
+`Chain` composes both kinds. `standard_normal_log_prob` is the base density
+N(0, I) that every flow maps its data to.
 """
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def check_event_shape(name: str, x: jax.Array, event_shape: Sequence[int]) -> No
             f"{name} expects input of shape (N, *{event_shape}), i.e. one batch "
             f"axis followed by event shape {event_shape}; got shape {tuple(x.shape)}"
         )
+
+
+def standard_normal_log_prob(z: jax.Array) -> jax.Array:
+    """log N(z; 0, I) per example, summed over the event dimensions: the base
+    density of every flow in `genjax.flows`."""
+    flat = z.reshape(z.shape[0], -1)
+    return -0.5 * jnp.sum(flat**2, axis=1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
 
 
 def _batch_zeros(x: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 """Continuous normalizing flows trained by maximum likelihood (FFJORD,
 Grathwohl et al. 2019; Chen et al. 2018).
 
-Time convention (the same as `genjax.flows.matching`): t = 0 is the standard
+Time convention (that of every module in `genjax.flows`): t = 0 is the standard
 normal base and t = 1 the data. A network `net.apply(params, x, t)` (x of shape
 (N, *data_shape), t of shape (N,)) is the vector field f; samples solve
 dx/dt = f(x, t) from t = 0 to t = 1, and the log-density follows from the
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 from genjax import integrate
 from genjax.core import Model
-from genjax.flows.bijectors import check_event_shape
-from genjax.flows.matching import standard_normal_log_prob, vector_field
+from genjax.flows.bijectors import check_event_shape, standard_normal_log_prob
+from genjax.flows.ode import vector_field
 
 
 def make_cnf_model(

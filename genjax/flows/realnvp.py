@@ -36,9 +36,9 @@ from genjax.flows.bijectors import (
     Reverse,
     Squeeze,
     check_event_shape,
+    standard_normal_log_prob,
 )
 from genjax.flows.coupling import AffineCoupling, SplineCoupling
-from genjax.flows.matching import standard_normal_log_prob
 
 MIXINGS = ("reverse", "permute", "lu")
 COUPLINGS = ("affine", "spline")

@@ -1,20 +1,22 @@
-"""Rectified flow: reflow and one-step distillation (Liu et al. 2023, "Flow
-Straight and Fast", sec. 2).
+"""Rectified flow: reflow, straightness and one-step distillation (Liu et al.
+2023, "Flow Straight and Fast", sec. 2).
 
-Time convention as in `genjax.flows.matching`: t = 0 is the standard normal
-noise x0, t = 1 is the data x1, and a velocity field `velocity_fn(x, t_N)`
-carries one to the other along dx/dt = v(x, t).
+Time convention (that of every module in `genjax.flows`): t = 0 is the standard
+normal noise x0, t = 1 is the data x1, and a velocity field `velocity_fn(x, t_N)`
+carries one to the other along dx/dt = v(x, t). Every ODE solve goes through
+`genjax.integrate` (via `genjax.flows.ode`).
 
 The recipe, with the pieces of this library:
 
 1. a base flow trained by flow matching on independent (noise, data) pairs
    (Liu et al.'s 1-rectified flow; `matching.make_flow_matching_model`);
 2. *reflow*: pair fresh noise with the base flow's own ODE solutions
-   (`matching.reflow_pairs`) and train again on these fixed pairs
+   (`reflow_pairs`) and train again on these fixed pairs
    (`matching.make_flow_matching_model(..., paired=True)`, batches from
    `pairs_batch_fn`), giving the 2-rectified flow. Its pairs no longer cross, so
    its trajectories are straighter (Liu et al. 2023, Thm. 3.6) and few Euler
-   steps suffice; `matching.straightness` measures this;
+   steps suffice; `straightness` (along the ODE) and `trajectory_straightness`
+   (of saved `euler_trajectories`) measure this;
 3. *distillation*: regress the one-step map x1 = x0 + v(x0, 0) on the pairs of a
    rectified flow (`distillation_loss`, `make_distillation_model`), a generator
    that needs one network evaluation.
@@ -26,8 +28,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from genjax import integrate
 from genjax.core import Model, check_int
 from genjax.flows.bijectors import check_event_shape
+from genjax.flows.ode import ode_sample, vector_field
 
 
 def _check_pairs(what: str, x0, x1):
@@ -43,7 +47,8 @@ def one_step(velocity_fn: Callable, x0):
     For the base flow it is poor: v(x0, 0) = E[x1 - x0 | x_0 = x0] = E[x1] - x0
     for independent pairs, so every sample lands on the data mean.
     """
-    return x0 + velocity_fn(x0, jnp.zeros((x0.shape[0],), x0.dtype))
+    x1, _ = integrate.solve_ode(vector_field(velocity_fn), x0, 0.0, 1.0, method="euler", num_steps=1)
+    return x1
 
 
 def distillation_loss(velocity_fn: Callable, x0, x1):
@@ -58,23 +63,54 @@ def distillation_loss(velocity_fn: Callable, x0, x1):
     return jnp.sum(residual.reshape(x0.shape[0], -1) ** 2, axis=1)
 
 
+def straightness(key, velocity_fn: Callable, x_init, num_steps: int | None = 100, method: str = "euler"):
+    """Straightness S of the flow from x_init (Liu et al. 2023):
+
+        S = E int_0^1 ||(X_1 - X_0) - v(X_t, t)||^2 dt,
+
+    zero exactly when every trajectory is a straight line at constant speed.
+    Since int_0^1 v(X_t, t) dt = X_1 - X_0, S = E[int ||v||^2 dt - ||X_1 - X_0||^2];
+    the integral of ||v||^2 rides along the ODE as an extra state, so the whole
+    computation is one `genjax.integrate.solve_ode` call (for Euler it is exactly
+    the left-point sum over the Euler trajectory). `key` is unused: the ODE is
+    deterministic; it is kept for the usual (key, ...) signature.
+    Returns (S averaged over the examples, nfe).
+    """
+    del key
+
+    def augmented(state, t):
+        x, _ = state
+        v = velocity_fn(x, jnp.full((x.shape[0],), t, dtype=x.dtype))
+        return v, jnp.sum(v.reshape(x.shape[0], -1) ** 2, axis=1)
+
+    state0 = (x_init, jnp.zeros((x_init.shape[0],), x_init.dtype))
+    (x1, energy), nfe = integrate.solve_ode(augmented, state0, 0.0, 1.0, method=method, num_steps=num_steps)
+    displacement = jnp.sum((x1 - x_init).reshape(x_init.shape[0], -1) ** 2, axis=1)
+    return jnp.mean(energy - displacement), nfe
+
+
+def reflow_pairs(key, velocity_fn: Callable, num: int, shape, **solver_kwargs):
+    """Noise / sample pairs (x0, x1 = ODE(x0)) for the next rectified-flow round
+    ("reflow", Liu et al. 2023). `shape` is the event shape.
+    Solver keywords as in `ode_sample`. Returns (x0, x1), each (num, *shape).
+    """
+    x0 = jax.random.normal(key, (num,) + tuple(shape))
+    x1, _ = ode_sample(key, velocity_fn, x0.shape, x_init=x0, **solver_kwargs)
+    return x0, x1
+
+
 def euler_trajectories(velocity_fn: Callable, x0, num_steps: int):
     """The states of the Euler scheme x_{k+1} = x_k + h v(x_k, k h), h = 1 / num_steps,
-    from x0 at t = 0 to t = 1 (for plotting trajectories and checking straightness).
+    from x0 at t = 0 to t = 1 (for plotting trajectories and checking straightness):
+    `genjax.integrate.solve_ode_trajectory` with method="euler".
 
     Returns an array of shape (num_steps + 1, *x0.shape); entry k is the state at
-    t = k / num_steps, the last one equals `matching.ode_sample(..., method="euler")`.
+    t = k / num_steps, the last one is `ode.ode_sample(..., method="euler")`.
     """
     num_steps = check_int("num_steps", num_steps, 1)
-    h = 1.0 / num_steps
-
-    def step(x, k):
-        t = jnp.full((x.shape[0],), k * h, x.dtype)
-        x_next = x + h * velocity_fn(x, t)
-        return x_next, x_next
-
-    _, xs = jax.lax.scan(step, x0, jnp.arange(num_steps, dtype=x0.dtype))
-    return jnp.concatenate([x0[None], xs], axis=0)
+    xs, _ = integrate.solve_ode_trajectory(vector_field(velocity_fn), x0, 0.0, 1.0,
+                                           method="euler", num_steps=num_steps)
+    return xs
 
 
 def trajectory_straightness(xs_KN):
@@ -84,7 +120,7 @@ def trajectory_straightness(xs_KN):
 
         S = mean_n [ (1/K) sum_k ||v_k||^2 - ||x_K - x_0||^2 ].
 
-    For Euler trajectories this is `matching.straightness` with method="euler" exactly.
+    For Euler trajectories this is `straightness` with method="euler" exactly.
     S >= 0 (Cauchy-Schwarz), with equality only for straight constant-speed paths.
     """
     num_steps = xs_KN.shape[0] - 1
