@@ -21,10 +21,10 @@ from scipy import integrate as scipy_integrate
 from benchmarks.common import device_description, time_fn
 from genjax import integrate
 from genjax.data import toy2d
+from genjax.data.toy2d import exact_score_fn
 from genjax.diffusion import samplers
 from genjax.diffusion import sde as sde_lib
 from genjax.diffusion.parameterization import score_from_eps
-from genjax.diffusion.oracle import exact_score_fn
 
 
 def load_score_fn(workdir):

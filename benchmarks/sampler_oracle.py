@@ -52,9 +52,9 @@ def _problem(name, num):
     import numpy as np
 
     from genjax.data import toy2d
+    from genjax.data.toy2d import exact_score_fn
     from genjax.diffusion import samplers
     from genjax.diffusion import sde as sde_lib
-    from genjax.diffusion.oracle import exact_score_fn
 
     sde_name, mix_name = name.split("/")
     if sde_name == "vp":

@@ -187,8 +187,8 @@ def mix64d_mixture():
 
 def mix64d_problem(num: int = DEFAULT_NUM["mix64d"], *, eps: float = 1e-3) -> Problem:
     """VP SDE on the 64-D mixture with its exact score; quality by SWD to exact samples."""
+    from genjax.data.toy2d import exact_score_fn
     from genjax.diffusion import sde as sde_lib
-    from genjax.diffusion.oracle import exact_score_fn
 
     mixture = mix64d_mixture()
     sde = sde_lib.VPSDE()

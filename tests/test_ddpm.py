@@ -11,9 +11,9 @@ import pytest
 
 from genjax import metrics
 from genjax.data import toy2d
+from genjax.data.toy2d import exact_log_prob_fn, exact_score_fn
 from genjax.diffusion import ddpm, likelihood, samplers, solvers
 from genjax.diffusion import sde as sde_lib
-from genjax.diffusion.oracle import exact_log_prob_fn, exact_score_fn
 from genjax.diffusion.parameterization import convert_fn
 
 N_STEPS = 1000

@@ -9,9 +9,9 @@ import pytest
 
 from genjax import metrics
 from genjax.data import toy2d
+from genjax.data.toy2d import exact_log_prob_fn, exact_score_fn
 from genjax.diffusion import likelihood, samplers
 from genjax.diffusion import sde as sde_lib
-from genjax.diffusion.oracle import exact_log_prob_fn, exact_score_fn
 
 # Unequal weights (1..8)/36, so a sampler that ignored them would be caught.
 MIXTURE = toy2d.gaussian_rings_mixture(num=8, radius=4.0, std=0.5)

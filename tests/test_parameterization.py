@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from genjax.data import toy2d
+from genjax.data.toy2d import exact_score_fn
 from genjax.diffusion import parameterization as param
 from genjax.diffusion import sde as sde_lib
-from genjax.diffusion.oracle import exact_score_fn
 
 PAIRS = list(itertools.product(param.PARAMETERIZATIONS, repeat=2))
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(), "ve": sde_lib.VESDE()}

@@ -16,9 +16,9 @@ import pytest
 
 from genjax import integrate, metrics
 from genjax.data import toy2d
+from genjax.data.toy2d import exact_score_fn
 from genjax.diffusion import samplers, solvers
 from genjax.diffusion import sde as sde_lib
-from genjax.diffusion.oracle import exact_score_fn
 from genjax.diffusion.parameterization import denoiser_from_score
 
 EPS = 1e-3

@@ -5,7 +5,9 @@ Two kinds of object live here:
 * `GaussianMixture`, a frozen pytree for a mixture of full-covariance Gaussians in
   any dimension D. Its log-density, score and the law of its diffused version
   x_t = alpha * x_0 + sigma * eps are all closed form, which makes it the oracle
-  for diffusion, score-matching and flow tests.
+  for diffusion, score-matching and flow tests: `exact_score_fn(sde, mixture)` and
+  `exact_log_prob_fn(sde, mixture, t)` give the exact score and marginal density
+  under any SDE's Gaussian perturbation kernel.
 * `ToyDensity(name, sample, log_prob, entropy)` bundles for the usual 2-D
   benchmarks (Grathwohl et al. 2019, "FFJORD", appendix toy data):
   `eight_gaussians`, `checkerboard`, `rings` (exact), and `pinwheel`,
@@ -314,6 +316,39 @@ def gaussian_rings_mixture(num: int = 8, radius: float = 4.0, std: float = 0.5, 
 def eight_gaussians_mixture(radius: float = 4.0, std: float = 0.5) -> GaussianMixture:
     """FFJORD's 8 Gaussians: equal weights, means on a circle at multiples of 45 degrees."""
     return gaussian_rings_mixture(8, radius, std, np.ones(8))
+
+
+# --------------------------------------------------------------------------------------
+# The diffused mixture as an oracle
+# --------------------------------------------------------------------------------------
+#
+# If x_0 ~ sum_k w_k N(mu_k, S_k) and x_t = alpha(t) x_0 + sigma(t) eps, then
+# x_t ~ sum_k w_k N(alpha mu_k, alpha^2 S_k + sigma^2 I), so its score and density are
+# closed form: samplers and likelihoods can be checked with no training involved.
+# `sde` is any object with `marginal_coeffs(t) -> (alpha, sigma)` (every
+# `genjax.diffusion.sde.SDE`); the diffusion package is not imported here.
+
+
+def exact_score_fn(sde, mixture: GaussianMixture) -> Callable:
+    """score_fn(x, t) = grad log p_t(x) for data distributed as `mixture`, perturbed
+    by the Gaussian marginal of `sde` at time t (shape (N,) or a scalar)."""
+
+    def score_fn(x, t):
+        alpha, sigma = sde.marginal_coeffs(t)
+        return mixture.diffused_score(x, alpha, sigma)
+
+    return score_fn
+
+
+def exact_log_prob_fn(sde, mixture: GaussianMixture, t: float) -> Callable:
+    """x -> log p_t(x), the exact marginal density of `mixture` perturbed by the
+    Gaussian marginal of `sde` at a fixed time t."""
+
+    def log_prob(x):
+        alpha, sigma = sde.marginal_coeffs(t)
+        return mixture.diffused_log_prob(x, alpha, sigma)
+
+    return log_prob
 
 
 # --------------------------------------------------------------------------------------
