@@ -5,7 +5,7 @@
 
 Sizes: "small" (2 layers, width 128, 4 heads), "medium" (4 layers, width 256,
 4 heads) and, for accelerators, "large" (12 layers, width 768, 12 heads), byte vocabulary, AdamW through `genjax.train`. The peak is measured
-first with a large matmul (benchmarks/peak_flops.py) in the same dtype; then
+first with a large matmul (`genjax.hardware.measure_peak_flops`) in the same dtype; then
 each size is warmed up and the two are timed in alternation, median of
 --repeats rounds of --steps jitted steps. MFU = tokens/s x flops_per_token / peak
 (`genjax.train.mfu`, with `Transformer.flops_per_token` = 6N + 6 n_layer n_ctx
@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import device_description
-from benchmarks.peak_flops import measure_peak_flops
 from experiments import cpu_kernels
 from genjax import train
+from genjax.hardware import measure_peak_flops
 from genjax.autoregressive import make_lm
 from genjax.nn.transformer import Transformer
 

@@ -22,6 +22,7 @@ from experiments import configuration, plots, registry
 from experiments.checkpoint import Checkpointer
 from experiments.logging import MetricsLogger, read_metrics
 from genjax import train as train_lib
+from genjax.hardware import measure_peak_flops
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
@@ -140,7 +141,7 @@ def place_state(state, fsdp: int = 1):
 
 def _mfu_fn(exp):
     """rate -> {"mfu": ...} for sources that count their training FLOPs (the LM),
-    against train.peak_flops, or a peak measured now by benchmarks/peak_flops.py
+    against train.peak_flops, or a peak measured now by `genjax.hardware.measure_peak_flops`
     when that is 0 (Chowdhery et al. 2022, App. B); {} for other sources."""
     flops_of = getattr(exp.source, "train_flops_per_step", None)
     if flops_of is None:
@@ -148,7 +149,6 @@ def _mfu_fn(exp):
     flops_per_step = flops_of(exp.config.data.batch_size)
     peak = exp.config.train.get("peak_flops", 0.0)
     if not peak:
-        from benchmarks.peak_flops import measure_peak_flops  # the one peak measurement
         peak = measure_peak_flops(dtype=jnp.dtype(exp.config.model.get("dtype", "float32")))
     return lambda rate: {"mfu": train_lib.mfu(rate, flops_per_step, peak), "peak_flops": peak}
 
