@@ -201,8 +201,7 @@ def sample(config, workdir: str):
     exp, state = _restore(config, workdir)
     kwargs = sampler_kwargs(config)
     fn = jax.jit(lambda p, k: exp.model.sample(p, k, config.sample.num, **kwargs))
-    out = fn(state.ema_params, jax.random.fold_in(exp.key, 11))
-    samples = np.asarray(out[0] if isinstance(out, tuple) else out)
+    samples = np.asarray(fn(state.ema_params, jax.random.fold_in(exp.key, 11)))
     np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
     exp.source.plot_samples(os.path.join(workdir, "samples.png"), samples,
                             title=f"{config.model.get('sde', config.family)}, {config.sample.method} sampler")

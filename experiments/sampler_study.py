@@ -77,7 +77,7 @@ FLOOR_SETS = 5
 class SamplerSpec(NamedTuple):
     """How one named sampler spends a budget of NFE.
 
-    fn: a genjax sampler (key, sde, score_fn, shape, ..., x_init=) -> x or (x, nfe)
+    fn: a genjax sampler (key, sde, score_fn, shape, ..., x_init=) -> x
     steps: target NFE -> num_steps; nfe: num_steps -> score evaluations
     kwargs: (num_steps, eps, discretization) -> the sampler's keyword arguments
     """
@@ -93,11 +93,17 @@ def _grid_kwargs(**fixed):
     return lambda n, eps, disc: dict(num_steps=n, eps=eps, discretization=disc, **fixed)
 
 
+def _pf_ode_sample(*args, **kwargs):
+    """`samplers.ode_sample` without its NFE (here the counter and `SamplerSpec.nfe` count)."""
+    x, _ = samplers.ode_sample(*args, **kwargs)
+    return x
+
+
 _same = lambda n: n
 SAMPLERS: dict[str, SamplerSpec] = {
-    "euler": SamplerSpec(samplers.ode_sample, True, _same, _same,
+    "euler": SamplerSpec(_pf_ode_sample, True, _same, _same,
                          lambda n, eps, disc: dict(method="euler", num_steps=n, eps=eps)),
-    "heun_pf": SamplerSpec(samplers.ode_sample, True, lambda n: max(1, n // 2), lambda k: 2 * k,
+    "heun_pf": SamplerSpec(_pf_ode_sample, True, lambda n: max(1, n // 2), lambda k: 2 * k,
                            lambda n, eps, disc: dict(method="heun", num_steps=n, eps=eps)),
     "ddim": SamplerSpec(solvers.ddim_sample, True, _same, functools.partial(solvers.nfe, "ddim"),
                         _grid_kwargs(eta=0.0)),
@@ -276,10 +282,6 @@ def relative_rms(x, x_ref) -> float:
     return float(np.sqrt(np.sum((x - x_ref) ** 2) / np.sum(x_ref**2)))
 
 
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
 def make_sampler(problem: Problem, name: str, target_nfe: int, *, discretization: str = "logsnr",
                  counter: NFECounter | None = None):
     """(fn(params, x_init) -> samples, num_steps, NFE) for sampler `name` on `problem`."""
@@ -292,7 +294,7 @@ def make_sampler(problem: Problem, name: str, target_nfe: int, *, discretization
         if counter is not None:
             score_fn = counter.wrap(score_fn)
         key = jax.random.PRNGKey(SAMPLER_KEY)
-        return _first(spec.fn(key, problem.sde, score_fn, x_init.shape, x_init=x_init, **kwargs))
+        return spec.fn(key, problem.sde, score_fn, x_init.shape, x_init=x_init, **kwargs)
 
     return fn, steps, nfe
 

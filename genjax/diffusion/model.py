@@ -30,9 +30,18 @@ from genjax.diffusion.parameterization import PARAMETERIZATIONS, convert_fn
 from genjax.diffusion.sde import SDE
 
 OBJECTIVES = ("dsm", "ddpm")
+
+
+def _probability_flow_sample(key, sde: SDE, score_fn: Callable, shape, **kwargs):
+    """`samplers.ode_sample` without its count of score evaluations."""
+    x, _ = samplers.ode_sample(key, sde, score_fn, shape, **kwargs)
+    return x
+
+
+# Every entry returns the samples only (the `Model.sample` protocol).
 SAMPLERS: dict[str, Callable] = {
     "pc": samplers.pc_sample,
-    "ode": samplers.ode_sample,
+    "ode": _probability_flow_sample,
     "ddim": samplers.ddim_sample,
     "dpm_solver": samplers.dpm_solver_sample,
     "edm_heun": samplers.edm_heun_sample,
@@ -79,8 +88,10 @@ def make_diffusion_model(
 ) -> Model:
     """Diffusion model on data of `data_shape` (see the module docstring).
 
-    sample(params, key, num, method="pc", labels=None, guidance=0.0, **kwargs): any
-    sampler in SAMPLERS with its own keywords; "ode" also returns the NFE.
+    sample(params, key, num, method="pc", labels=None, guidance=0.0, **kwargs) ->
+    samples of shape (num, *data_shape): any sampler in SAMPLERS with its own
+    keywords. The NFE of the adaptive "ode" sampler comes from `samplers.ode_sample`
+    on `make_score_fn`'s score (the others' is a function of num_steps).
     labels default to 0, 1, ..., K-1, 0, ... on a conditional model; guidance is
     the weight w of classifier-free guidance (0 = plain conditional).
     log_prob(params, key, x, labels=None, **kwargs): probability-flow ODE

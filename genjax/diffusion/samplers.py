@@ -3,6 +3,11 @@
 Every sampler takes the forward `sde` and a score function `score_fn(x, t)` (x of
 `shape`, t of shape (shape[0],)) and only calls the SDE's interface methods, so it
 runs on any SDE. Time runs from 1 (noise) down to `eps` (data).
+
+Every sampler returns the samples, except `ode_sample`: a solve of the
+probability-flow ODE through `genjax.integrate`, it returns (samples, nfe) like
+every solver there (an adaptive solve's count is known only once it has run).
+`Model.sample` (`genjax.diffusion.model`) returns the samples whatever the sampler.
 """
 import functools
 from typing import Callable
