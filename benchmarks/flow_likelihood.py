@@ -23,7 +23,7 @@ from benchmarks.common import device_description, time_fn
 from configs import toy_cnf, toy_flow_matching, toy_realnvp
 from experiments import main as main_lib
 from experiments.checkpoint import Checkpointer
-from experiments.sources import LOG_PROB_FIELDS
+from experiments import registry
 
 FAMILIES = {"realnvp": toy_realnvp, "fm": toy_flow_matching, "cnf": toy_cnf}
 
@@ -54,7 +54,7 @@ def main():
         config = module.get_config()
         exp, params, trained = load(config, getattr(args, name))
         x = exp.source.held_out(args.num)
-        kwargs = {f: config.eval[f] for f in LOG_PROB_FIELDS[config.family]}
+        kwargs = registry.log_prob_kwargs(config)
         if "exact_divergence" in kwargs:
             kwargs["exact_divergence"] = not args.hutchinson
         log_prob = jax.jit(lambda p, k, x, exp=exp, kwargs=kwargs: exp.model.log_prob(p, k, x, **kwargs))

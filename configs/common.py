@@ -10,18 +10,35 @@ def optimizer(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigD
     c.schedule = "cosine"               # cosine | linear | constant
     c.grad_clip = 1.0
     c.weight_decay = 0.0
+    c.b1 = 0.9                          # Adam's moment decays
+    c.b2 = 0.999
     c.ema_decay = 0.999
     return c
 
 
+def group_optimizers(ema_decay: float = 0.999, **groups) -> ml_collections.ConfigDict:
+    """config.optim of a family with parameter groups: one `optimizer` section per
+    group (its own learning rate, betas, clipping, schedule), and the EMA decay of
+    the groups the family averages."""
+    c = ml_collections.ConfigDict()
+    for name, section in groups.items():
+        section = section.copy_and_resolve_references()
+        del section["ema_decay"]
+        c[name] = section
+    c.ema_decay = ema_decay
+    return c
+
+
 def training(num_steps: int, checkpoint_every: int, steps_per_call: int = 100) -> ml_collections.ConfigDict:
-    """Steps, steps per compiled call, checkpoints (the newest 3 are kept) and the
-    FSDP degree: fsdp = n > 1 shards parameters, EMA and optimizer state over n
-    devices (a ("data", "fsdp") mesh; n must divide the device count)."""
+    """Steps, steps per compiled call, checkpoints (the newest 3 are kept), the
+    FSDP degree (fsdp = n > 1 shards parameters, EMA and optimizer state over n
+    devices: a ("data", "fsdp") mesh; n must divide the device count) and whether
+    steps are driven from Python (`experiments.experiment.Experiment.host_loop`)."""
     c = ml_collections.ConfigDict()
     c.num_steps = num_steps
     c.steps_per_call = steps_per_call
     c.checkpoint_every = checkpoint_every
     c.keep_checkpoints = 3
     c.fsdp = 1
+    c.host_loop = "auto"                # auto | on | off: step from Python (auto: CPU + conv net)
     return c

@@ -34,18 +34,28 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import configuration, plots
+from experiments import configuration, plots, run_loop
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
 from experiments.ensemble import ensemble_runner
-from genjax import train as train_lib
+from experiments.experiment import Experiment
 
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "key=v1,v2,... (repeatable): values to cross.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per combination (config.seed + 0, 1, ...).")
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
                               "How ensemble members run (auto: vmap on accelerators, timed on CPU).")
 
-# config key -> injected optimizer hyperparameter (per-member inside one program)
-INJECTED = {"optim.learning_rate": "learning_rate", "optim.weight_decay": "weight_decay"}
+# optimizer hyperparameters that live in the optimizer state (per member inside one
+# program): optim.<name>, or optim.<group>.<name> for a family with parameter groups
+INJECTED_NAMES = ("learning_rate", "weight_decay")
+
+
+def injected_name(key: str) -> str | None:
+    """The `train.set_hyperparams` name of a swept config key that is an injected
+    optimizer hyperparameter ("learning_rate", "critic.learning_rate"), else None."""
+    parts = key.split(".")
+    if parts[0] != "optim" or parts[-1] not in INJECTED_NAMES or len(parts) not in (2, 3):
+        return None
+    return ".".join(parts[1:])
 
 
 def parse_sweeps(config, sweeps: list[str]) -> dict[str, list]:
@@ -94,12 +104,11 @@ def member_experiment(exp, traced_values: dict):
     with config.ignore_type():  # a tracer where the config holds a float
         for key, value in traced_values.items():
             _set(config, key, value)
-    return main_lib.Experiment(config, source=exp.source)
+    return Experiment(config, source=exp.source)
 
 
-def _init_member(exp, example, key, hyper: dict, traced_values: dict):
-    member = member_experiment(exp, traced_values)
-    return train_lib.init_state(member.model.init, member.tx, key, example, **hyper)
+def _init_member(exp, key, hyper: dict, traced_values: dict):
+    return member_experiment(exp, traced_values).init_state(key, **hyper)
 
 
 def _member_train_fn(exp):
@@ -120,14 +129,13 @@ def traced_keys(exp, sweeps: dict[str, list]) -> list[str]:
     """The swept keys, other than the injected optimizer hyperparameters, whose float
     values can be per-member traced scalars: tracing member init and one train call
     (`jax.eval_shape`, nothing runs) with the value as a tracer succeeds."""
-    example = exp.source.example_batch(exp.config.data.batch_size)
     found = []
     for key, values in sweeps.items():
         # data.* values build the data source, which members share: one program per value.
-        if key in INJECTED or key.startswith("data.") or not all(isinstance(v, float) for v in values):
+        if injected_name(key) or key.startswith("data.") or not all(isinstance(v, float) for v in values):
             continue
         def one_call(traced_values):
-            state = _init_member(exp, example, jax.random.PRNGKey(0), {}, traced_values)
+            state = _init_member(exp, jax.random.PRNGKey(0), {}, traced_values)
             return _member_train_fn(exp)((state, traced_values))
         try:
             jax.eval_shape(one_call, {key: jnp.float32(values[0])})
@@ -147,20 +155,21 @@ def run_group(exp, member_values: list[dict], seeds: int, strategy: str):
     keys = jnp.stack([jax.random.PRNGKey(config.seed + s) for s, _ in members])
     names = list(member_values[0]) if member_values else []
     column = lambda k: jnp.asarray([v[k] for _, v in members], jnp.float32)  # noqa: E731
-    hyper = {INJECTED[k]: column(k) for k in names if k in INJECTED}
-    traced = {k: column(k) for k in names if k not in INJECTED}
-    example = exp.source.example_batch(config.data.batch_size)
-    states = jax.jit(jax.vmap(lambda key, hp, tv: _init_member(exp, example, key, hp, tv)))(keys, hyper, traced)
-    run, chosen, _ = ensemble_runner(_member_train_fn(exp), (states, traced), strategy=strategy)
+    hyper = {injected_name(k): column(k) for k in names if injected_name(k)}
+    traced = {k: column(k) for k in names if not injected_name(k)}
+    states = jax.jit(jax.vmap(lambda key, hp, tv: _init_member(exp, key, hp, tv)))(keys, hyper, traced)
+    chosen = {}
+
+    def make_step(mesh):
+        run, chosen["strategy"], _ = ensemble_runner(_member_train_fn(exp), (states, traced), strategy=strategy)
+        return run
+
     tc = config.train
-    if tc.num_steps % tc.steps_per_call:
-        raise ValueError(f"train.num_steps ({tc.num_steps}) must be a multiple of "
-                         f"train.steps_per_call ({tc.steps_per_call})")
-    carry, losses = (states, traced), []
-    for _ in range(tc.num_steps // tc.steps_per_call):
-        carry, metrics = run(carry)
-        losses.append(np.asarray(metrics["loss"]))
-    return np.concatenate(losses, axis=1), members, chosen, carry[0]
+    # No guard: a member that diverges (a too-large learning rate) is a result of the sweep.
+    (states, _), metrics = run_loop.run((states, traced), make_step, num_steps=tc.num_steps,
+                                        steps_per_call=tc.steps_per_call, place=False, ensemble=True,
+                                        guard=False)
+    return np.asarray(metrics["loss"]), members, chosen["strategy"], states
 
 
 def ablate(config, sweeps: dict[str, list], seeds: int, strategy: str = "auto"):
@@ -168,8 +177,8 @@ def ablate(config, sweeps: dict[str, list], seeds: int, strategy: str = "auto"):
     program, {"per_member": keys traced or injected, "structural": the others})."""
     if seeds < 1:
         raise ValueError(f"--seeds={seeds}; expected an int >= 1")
-    base = main_lib.Experiment(config)
-    per_member = [k for k in sweeps if k in INJECTED] + traced_keys(base, sweeps)
+    base = Experiment(config)
+    per_member = [k for k in sweeps if injected_name(k)] + traced_keys(base, sweeps)
     per_member = [k for k in sweeps if k in per_member]  # in the order given
     structural = {k: v for k, v in sweeps.items() if k not in per_member}
     member_values = [dict(zip(per_member, combo))
@@ -177,7 +186,7 @@ def ablate(config, sweeps: dict[str, list], seeds: int, strategy: str = "auto"):
     rows, all_states = [], []
     for combo in itertools.product(*structural.values()):
         fixed = dict(zip(structural, combo))
-        exp = main_lib.Experiment(_with_values(config, fixed)) if fixed else base
+        exp = Experiment(_with_values(config, fixed)) if fixed else base
         t0 = time.perf_counter()
         losses, members, chosen, states = run_group(exp, member_values, seeds, strategy)
         seconds = time.perf_counter() - t0

@@ -28,6 +28,9 @@ def check_override_key(config: ml_collections.ConfigDict, dotted: str) -> None:
             where = ".".join(walked) or "the top level"
             hint = difflib.get_close_matches(part, keys, n=1)
             hint = f" Did you mean {'.'.join(walked + hint)!r}?" if hint else ""
+            groups = sorted(k for k in keys if isinstance(node[k], ml_collections.ConfigDict))
+            if walked == ["optim"] and groups:
+                hint += f" The parameter groups of this config's family are {groups}."
             raise ValueError(
                 f"unknown config key {dotted!r}: {part!r} is not in {where}; "
                 f"valid keys there: {sorted(keys)}.{hint}")

@@ -16,11 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from experiments import configuration, plots, registry
-from experiments.checkpoint import Checkpointer
-from experiments.logging import MetricsLogger, read_metrics
+from experiments import configuration, registry, run_loop
+from experiments.experiment import Experiment
+from experiments.logging import MetricsLogger
 from genjax import train as train_lib
 from genjax.hardware import measure_peak_flops
 
@@ -35,44 +34,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU jobs).")
 
 
-class Experiment:
-    """What a config builds: the data source, the model, its optimizer and train function."""
-
-    def __init__(self, config, source=None):
-        """`source`: reuse an already built data source (it must be the one `config` names)."""
-        self.config = config
-        self.source = source if source is not None else registry.build_source(config)
-        self.model = registry.build_model(config, self.source)
-        opt = config.optim
-        self.tx, self.lr_fn = train_lib.make_optimizer(
-            learning_rate=opt.learning_rate, total_steps=config.train.num_steps,
-            warmup_steps=opt.warmup_steps, schedule=opt.schedule,
-            grad_clip=opt.grad_clip, weight_decay=opt.weight_decay)
-        self.batch_fn = self.source.batch_fn(config.data.batch_size)
-        self.key = jax.random.PRNGKey(config.seed)
-
-    def init_state(self):
-        example = self.source.example_batch(self.config.data.batch_size)
-        return train_lib.init_state(self.model.init, self.tx, self.key, example)
-
-    def train_fn(self, mesh, steps_per_call=None, unroll=1):
-        return train_lib.make_train_fn(
-            self.model.loss, self.tx, ema_decay=self.config.optim.ema_decay,
-            steps_per_call=steps_per_call or self.config.train.steps_per_call,
-            batch_fn=self.batch_fn, mesh=mesh, learning_rate_fn=self.lr_fn, unroll=unroll,
-            grad_accum_steps=self.config.train.get("grad_accum_steps", 1))
-
-    def compiled_train_fn(self, mesh):
-        """jit(train_fn), or on CPU for convolutional nets the same steps one jitted
-        step at a time (`train.host_loop`: XLA:CPU runs conv gradients in loops slowly)."""
-        spc = self.config.train.steps_per_call
-        convolutional = self.config.model.get("net", "mlp") == "unet" or self.config.family == "glow"
-        if jax.default_backend() == "cpu" and convolutional:
-            one = jax.jit(self.train_fn(mesh, steps_per_call=1, unroll=True), donate_argnums=0)
-            return train_lib.host_loop(one, spc)
-        return jax.jit(self.train_fn(mesh), donate_argnums=0)
-
-
 def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
     """Trains (resuming from the newest checkpoint) and returns the final state.
 
@@ -81,62 +42,15 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
     """
     exp = Experiment(config)
     tc = config.train
-    if tc.checkpoint_every % tc.steps_per_call or tc.num_steps % tc.steps_per_call:
-        raise ValueError(
-            f"train.num_steps ({tc.num_steps}) and train.checkpoint_every ({tc.checkpoint_every}) "
-            f"must be multiples of train.steps_per_call ({tc.steps_per_call})")
-    ckpt = Checkpointer(workdir, keep=tc.keep_checkpoints)
-    state = exp.init_state()
-    restored = ckpt.restore(state)
-    if restored is not None:
-        state = restored
-    mesh, state = place_state(state, tc.get("fsdp", 1))
-    train_fn = exp.compiled_train_fn(mesh)
-    utilisation = _mfu_fn(exp)
-    logger = MetricsLogger(workdir)
-    start = int(state.step)
-    end = tc.num_steps if stop_after is None else min(stop_after, tc.num_steps)
-    bar = tqdm(total=tc.num_steps, initial=start, disable=not progress, desc="train", file=sys.stdout)
-    try:
-        step = start
-        while step < end:
-            t0 = time.perf_counter()
-            state, metrics = train_fn(state)
-            metrics = jax.device_get(metrics)
-            bad = train_lib.first_nonfinite(metrics["loss"], step)
-            if bad is not None:
-                raise FloatingPointError(
-                    f"loss is {metrics['loss'][bad - step]} at step {bad}; stopping. "
-                    f"The last checkpoint (step {ckpt.latest_step()}) is intact; "
-                    f"lower optim.learning_rate or check the data.")
-            step += tc.steps_per_call
-            rate = tc.steps_per_call / (time.perf_counter() - t0)
-            last = {k: v[-1] for k, v in metrics.items()}
-            logger.write(step, {**last, "steps_per_sec": rate, **utilisation(rate)})
-            bar.update(tc.steps_per_call)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.0f}")
-            if step % tc.checkpoint_every == 0 or step == end:
-                ckpt.save(step, state)
-    finally:
-        bar.close()
-        logger.close()
-        ckpt.close()
-    records = [r for r in read_metrics(logger.path) if "loss" in r]
-    plots.loss_curve(os.path.join(workdir, "loss.png"), [r["step"] for r in records],
-                     [r["loss"] for r in records])
+    state, _ = run_loop.run(
+        exp.init_state(), exp.compiled_train_fn, num_steps=tc.num_steps,
+        steps_per_call=tc.steps_per_call, workdir=workdir, checkpoint_every=tc.checkpoint_every,
+        keep_checkpoints=tc.keep_checkpoints, fsdp=tc.get("fsdp", 1), stop_after=stop_after,
+        progress=progress, rate_metrics=_mfu_fn(exp))
     return state
 
 
-def place_state(state, fsdp: int = 1):
-    """(mesh, state on it): replicated over a `data` mesh of every device, or with
-    fsdp > 1 sharded by `train.fsdp_shardings` over a ("data", "fsdp") mesh."""
-    if not isinstance(fsdp, int) or fsdp < 1:
-        raise ValueError(f"train.fsdp={fsdp!r}; expected a positive int (1: no parameter sharding)")
-    if fsdp == 1:
-        mesh = train_lib.default_mesh()
-        return mesh, jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    mesh = train_lib.fsdp_mesh(fsdp)
-    return mesh, train_lib.shard_state(state, mesh)
+place_state = run_loop.place_state
 
 
 def _mfu_fn(exp):
@@ -155,51 +69,16 @@ def _mfu_fn(exp):
 
 def _restore(config, workdir):
     exp = Experiment(config)
-    ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    state = ckpt.restore(exp.init_state())
-    ckpt.close()
-    if state is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir!r}; run --mode=train first")
-    return exp, state
+    return exp, exp.restore(workdir)
 
 
-# the config.sample fields each sampler reads (besides method, guidance and labels)
-SAMPLER_FIELDS = {
-    "pc": ("num_steps", "predictor", "corrector", "snr", "eps"),
-    "ode": ("eps",),
-    "ddim": ("num_steps", "eta", "eps", "discretization"),
-    "dpm_solver": ("num_steps", "order", "eps", "discretization"),
-    "edm_heun": ("num_steps", "eps", "discretization"),
-    "ancestral": ("num_steps",),
-    # ODE flows (flow matching, CNF): Tsit5 or a fixed-step solver
-    "adaptive": ("rtol", "atol"),
-    "euler": ("num_steps",),
-    "midpoint": ("num_steps",),
-    "heun": ("num_steps",),
-    "rk4": ("num_steps",),
-    # exact flows (RealNVP): x = F^{-1}(T z), sample() takes no method keyword
-    "inverse": ("temperature",),
-}
-
-
-def sampler_kwargs(config):
-    """Keyword arguments of `model.sample` from config.sample."""
-    s = config.sample
-    fields = registry.choose("sampler", s.method, SAMPLER_FIELDS)
-    kwargs = {f: s[f] for f in fields if f in s}
-    if "corrector" in kwargs:
-        kwargs["corrector"] = kwargs["corrector"] or None
-    if s.get("guidance", 0.0):
-        kwargs["guidance"] = s.guidance
-    if s.method == "inverse":
-        return kwargs
-    return dict(method=s.method, **kwargs)
+sampler_kwargs = registry.sampler_kwargs
 
 
 def sample(config, workdir: str):
     """Draws config.sample.num samples with the EMA parameters; saves npz and a plot."""
     exp, state = _restore(config, workdir)
-    kwargs = sampler_kwargs(config)
+    kwargs = {**sampler_kwargs(config), **exp.model_kwargs(state)}
     fn = jax.jit(lambda p, k: exp.model.sample(p, k, config.sample.num, **kwargs))
     samples = np.asarray(fn(state.ema_params, jax.random.fold_in(exp.key, 11)))
     np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
@@ -214,7 +93,7 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True):
     if samples is None and os.path.exists(os.path.join(workdir, "samples.npz")):
         samples = np.load(os.path.join(workdir, "samples.npz"))["samples"]
     result = exp.source.evaluate(exp.model, state.ema_params, workdir, samples=samples,
-                                 heatmap=heatmap)
+                                 heatmap=heatmap, log_prob_kwargs=exp.log_prob_kwargs(state))
     result["step"] = int(state.step)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)

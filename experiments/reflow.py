@@ -33,9 +33,8 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
-from experiments import plots, registry
+from experiments import experiment, plots, registry, run_loop  # noqa: F401  (plots: headless backend)
 from experiments.checkpoint import Checkpointer
-from experiments.logging import MetricsLogger, read_metrics
 from genjax import metrics as metrics_lib
 from genjax import train as train_lib
 from genjax.flows import matching, ode, rectified
@@ -82,45 +81,21 @@ def load_or_train_base(config, base_workdir):
 
 
 def fit(stage_dir, loss_fn, params0, batch_fn, optim, train_cfg, key):
-    """Trains from params0 with the genjax trainer; resumes from / saves checkpoints in
-    stage_dir. Returns the final TrainState (its EMA parameters are the result)."""
-    tx, lr_fn = train_lib.make_optimizer(
-        learning_rate=optim.learning_rate, total_steps=train_cfg.num_steps,
-        warmup_steps=optim.warmup_steps, schedule=optim.schedule,
-        grad_clip=optim.grad_clip, weight_decay=optim.weight_decay)
+    """Trains from params0 with the genjax trainer through the run loop (resumes from /
+    saves checkpoints in stage_dir). Returns the final TrainState (its EMA
+    parameters are the result)."""
+    tx, lr_fn = experiment.make_optimizer(optim, train_cfg.num_steps)
     state = train_lib.init_state(lambda k, b: jax.tree_util.tree_map(jnp.copy, params0), tx, key, None)
-    ckpt = Checkpointer(stage_dir, keep=train_cfg.keep_checkpoints)
-    restored = ckpt.restore(state)
-    state = state if restored is None else restored
-    mesh = train_lib.default_mesh()
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    spc = train_cfg.steps_per_call
-    if train_cfg.num_steps % spc or train_cfg.checkpoint_every % spc:
-        raise ValueError(f"num_steps ({train_cfg.num_steps}) and checkpoint_every "
-                         f"({train_cfg.checkpoint_every}) must be multiples of steps_per_call ({spc})")
-    train_fn = jax.jit(train_lib.make_train_fn(
-        loss_fn, tx, ema_decay=optim.ema_decay, steps_per_call=spc, batch_fn=batch_fn,
-        mesh=mesh, learning_rate_fn=lr_fn), donate_argnums=0)
-    logger = MetricsLogger(stage_dir)
-    try:
-        step = int(state.step)
-        while step < train_cfg.num_steps:
-            state, metrics = train_fn(state)
-            metrics = jax.device_get(metrics)
-            bad = train_lib.first_nonfinite(metrics["loss"], step)
-            if bad is not None:
-                raise FloatingPointError(f"{stage_dir}: loss is not finite at step {bad}")
-            step += spc
-            logger.write(step, {k: v[-1] for k, v in metrics.items()})
-            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.num_steps:
-                ckpt.save(step, state)
-    finally:
-        logger.close()
-        ckpt.close()
-    records = [r for r in read_metrics(logger.path) if "loss" in r]
-    if records:
-        plots.loss_curve(os.path.join(stage_dir, "loss.png"), [r["step"] for r in records],
-                         [r["loss"] for r in records], title=os.path.basename(stage_dir))
+
+    def make_step(mesh):
+        return jax.jit(train_lib.make_train_fn(
+            loss_fn, tx, ema_decay=optim.ema_decay, steps_per_call=train_cfg.steps_per_call,
+            batch_fn=batch_fn, mesh=mesh, learning_rate_fn=lr_fn), donate_argnums=0)
+
+    state, _ = run_loop.run(state, make_step, num_steps=train_cfg.num_steps,
+                            steps_per_call=train_cfg.steps_per_call, workdir=stage_dir,
+                            checkpoint_every=train_cfg.checkpoint_every,
+                            keep_checkpoints=train_cfg.keep_checkpoints, desc=os.path.basename(stage_dir))
     return state
 
 

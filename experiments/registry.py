@@ -1,6 +1,13 @@
 """The explicit choices a config can name, and the builders that unpack a config
-into keyword arguments for `genjax` (no config object goes into genjax/)."""
-from experiments.sources import LOG_PROB_FIELDS, TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
+into keyword arguments for `genjax` (no config object goes into genjax/).
+
+`FAMILIES` holds one `Family` entry per model family: everything the glue (the run
+loop, sampling, evaluation, ablations) must know about it, so no script tests a
+family's or a network's name.
+"""
+from typing import Callable, NamedTuple
+
+from experiments.sources import TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
 from experiments import text_source
 from genjax.diffusion import ddpm
 from genjax.diffusion import model as diffusion_model
@@ -28,6 +35,11 @@ NETS = {
         attention_resolutions=tuple(m.attention_resolutions), dropout=m.dropout,
         num_classes=num_classes),
 }
+CONVOLUTIONAL_NETS = ("unet",)
+
+
+def net_is_convolutional(config) -> bool:
+    return config.model.get("net", "mlp") in CONVOLUTIONAL_NETS
 
 
 
@@ -129,18 +141,108 @@ def build_glow_model(config, source):
         data_range=None if m.logit_alpha is None else (-1.0, 1.0))
 
 
-# config.family -> builder(config, source) -> genjax.core.Model
-FAMILIES = {
-    "score_sde": build_diffusion_model,
-    "ddpm": build_diffusion_model,
-    "flow_matching": build_flow_matching_model,
-    "cnf": build_cnf_model,
-    "realnvp": build_realnvp_model,
-    "glow": build_glow_model,
-    "lm": text_source.build_lm_model,
+# the config.sample fields each sampler reads (besides method, guidance and labels)
+DIFFUSION_SAMPLERS = {
+    "pc": ("num_steps", "predictor", "corrector", "snr", "eps"),
+    "ode": ("eps",),
+    "ddim": ("num_steps", "eta", "eps", "discretization"),
+    "dpm_solver": ("num_steps", "order", "eps", "discretization"),
+    "edm_heun": ("num_steps", "eps", "discretization"),
+    "ancestral": ("num_steps",),
 }
+# ODE flows (flow matching, CNF): Tsit5 or a fixed-step solver
+ODE_SAMPLERS = {
+    "adaptive": ("rtol", "atol"),
+    "euler": ("num_steps",),
+    "midpoint": ("num_steps",),
+    "heun": ("num_steps",),
+    "rk4": ("num_steps",),
+}
+
+
+def _never(config) -> bool:
+    return False
+
+
+def _always(config) -> bool:
+    return True
+
+
+class Family(NamedTuple):
+    """What the glue knows about a model family.
+
+    build:           (config, source) -> genjax.core.Model
+    samplers:        sampler name -> the config.sample fields it reads; `model.sample`
+                     gets method=<name> only when there is more than one
+    log_prob_fields: the config.eval fields `model.log_prob` takes as keywords; None
+                     when the family has no likelihood (evaluation then reports the
+                     source's sample metrics only)
+    convolutional:   config -> True when the network is convolutional: with
+                     train.host_loop = "auto" such runs step from Python on CPU
+                     (XLA:CPU runs convolution gradients inside loops slowly)
+    source:          config -> data source, when the family reads its own kind of
+                     data (the LM's byte streams); None: `sources.build_source`
+    """
+
+    build: Callable
+    samplers: dict
+    log_prob_fields: tuple | None = ()
+    convolutional: Callable = _never
+    source: Callable | None = None
+
+
+# config.family -> Family
+FAMILIES = {
+    "score_sde": Family(build_diffusion_model, DIFFUSION_SAMPLERS,
+                        ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional),
+    "ddpm": Family(build_diffusion_model, DIFFUSION_SAMPLERS,
+                   ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional),
+    "flow_matching": Family(build_flow_matching_model, ODE_SAMPLERS,
+                            ("exact_divergence", "rtol", "atol"), net_is_convolutional),
+    "cnf": Family(build_cnf_model, ODE_SAMPLERS, ("exact_divergence", "rtol", "atol")),
+    # exact flows: x = F^{-1}(T z); the log-density is exact and solver-free
+    "realnvp": Family(build_realnvp_model, {"inverse": ("temperature",)}),
+    "glow": Family(build_glow_model, {"inverse": ("temperature",)}, convolutional=_always),
+    # exact: one causal pass
+    "lm": Family(text_source.build_lm_model, {"ancestral": ("num_steps",)},
+                 source=text_source.TextSource),
+}
+
+
+def family_of(config) -> Family:
+    return choose("family", config.family, FAMILIES)
+
+
+def build_source_for(config):
+    """The data source of the config's family and data.name."""
+    family = family_of(config)
+    return family.source(config) if family.source is not None else build_source(config)
 
 
 def build_model(config, source):
     """The genjax Model a config names, for data from `source`."""
-    return choose("family", config.family, FAMILIES)(config, source)
+    return family_of(config).build(config, source)
+
+
+def sampler_kwargs(config) -> dict:
+    """Keyword arguments of `model.sample` from config.sample."""
+    s = config.sample
+    samplers = family_of(config).samplers
+    fields = choose(f"sampler of family {config.family!r}", s.method, samplers)
+    kwargs = {f: s[f] for f in fields if f in s}
+    if "corrector" in kwargs:
+        kwargs["corrector"] = kwargs["corrector"] or None
+    if s.get("guidance", 0.0):
+        kwargs["guidance"] = s.guidance
+    if len(samplers) > 1:
+        kwargs["method"] = s.method
+    return kwargs
+
+
+def log_prob_kwargs(config) -> dict | None:
+    """Keyword arguments of `model.log_prob` from config.eval; None when the family
+    has no likelihood."""
+    fields = family_of(config).log_prob_fields
+    if fields is None:
+        return None
+    return {f: config.eval[f] for f in fields}

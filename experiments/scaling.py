@@ -41,7 +41,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import configuration, plots  # plots sets the headless backend
+from experiments import configuration, plots, run_loop  # plots sets the headless backend
 from experiments.text_corpus import read_stdlib_corpus
 from genjax import scaling
 from genjax import train as train_lib
@@ -169,19 +169,17 @@ def train_run(spec: dict, train_tokens, val_windows, *, steps_per_call: int, log
     example = text.get_batch(train_tokens, key, 0, B, T)
     state = train_lib.init_state(model.init, tx, key, example)
     t0 = time.perf_counter()
-    losses = []
-    for call in range(spec["steps"] // chunk):
-        state, metrics = step_fn(state, train_tokens)
-        loss = np.asarray(metrics["loss"])
-        bad = train_lib.first_nonfinite(loss, call * chunk)
-        if bad is not None:
-            raise FloatingPointError(f"run {spec['name']}: loss {loss[bad - call * chunk]} at step {bad}; "
-                                     f"lower optim.learning_rate")
-        losses.append(loss)
-        log(f"  {spec['name']} step {(call + 1) * chunk}/{spec['steps']} loss {loss[-1]:.4f} "
+
+    def log_call(step, metrics, seconds):
+        log(f"  {spec['name']} step {step}/{spec['steps']} loss {metrics['loss'][-1]:.4f} "
             f"({time.perf_counter() - t0:.0f} s)")
+
+    # Unplaced (the default device), as the recorded runs were trained.
+    state, metrics = run_loop.run(state, lambda mesh: lambda state: step_fn(state, train_tokens),
+                                  num_steps=spec["steps"], steps_per_call=chunk, place=False,
+                                  on_call=log_call)
     seconds = time.perf_counter() - t0
-    losses = np.concatenate(losses)
+    losses = np.asarray(metrics["loss"])
     val_loss = evaluate(spec, state.params, val_windows)
     N = net.num_params(non_embedding=True)
     D = spec["steps"] * B * T

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import datasets, plots, text_source
+from experiments import datasets, plots
 from genjax import metrics as metrics_lib
 from genjax.data import images as images_lib
 from genjax.data import toy2d
@@ -29,25 +29,6 @@ TOY_DENSITIES = {
     "swiss_roll": toy2d.swiss_roll,
 }
 _HELD_OUT_STREAM = 7  # key stream for held-out toy data, disjoint from training
-
-
-# the config.eval fields each family's model.log_prob takes as keywords
-# (RealNVP's log-density is exact and solver-free: it takes none)
-LOG_PROB_FIELDS = {
-    "score_sde": ("exact_divergence", "rtol", "atol", "eps"),
-    "ddpm": ("exact_divergence", "rtol", "atol", "eps"),
-    "flow_matching": ("exact_divergence", "rtol", "atol"),
-    "cnf": ("exact_divergence", "rtol", "atol"),
-    "realnvp": (),
-    "glow": (),
-    "lm": (),                            # exact: one causal pass
-}
-
-
-def _log_likelihood_kwargs(config):
-    if config.family not in LOG_PROB_FIELDS:
-        raise ValueError(f"unknown family {config.family!r}; expected one of {sorted(LOG_PROB_FIELDS)}")
-    return {f: config.eval[f] for f in LOG_PROB_FIELDS[config.family]}
 
 
 class ToySource:
@@ -78,27 +59,31 @@ class ToySource:
     def plot_samples(self, path, samples, title):
         plots.scatter_samples(path, samples, self.held_out(len(samples)), title=title)
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True):
-        """NLL on held-out samples (probability-flow ODE), sliced Wasserstein distance
-        of the samples against exact data, and a learned-density heatmap."""
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None):
+        """NLL on held-out samples (`model.log_prob` with `log_prob_kwargs`; skipped when
+        those are None: the family has no likelihood), sliced Wasserstein distance of
+        the samples against exact data, and a learned-density heatmap."""
         ec = self.config.eval
-        x = self.held_out(ec.num)
-        ll_kwargs = _log_likelihood_kwargs(self.config)
-        log_prob = jax.jit(lambda p, k, x: model.log_prob(p, k, x, **ll_kwargs))
-        t0 = time.perf_counter()
-        logp = np.asarray(log_prob(params, jax.random.PRNGKey(1), x))
-        result = {
-            "nll_nats": float(-logp.mean()),
-            "nll_stderr": float(logp.std() / math.sqrt(len(logp))),
-            "eval_seconds": time.perf_counter() - t0,
-            "num_eval": int(ec.num),
-        }
+        result = {}
         if self.density.entropy is not None:
             result["data_entropy_nats"] = float(self.density.entropy)
         if samples is not None:
             ref = self.held_out(len(samples))
             result["sliced_wasserstein"] = float(
                 metrics_lib.sliced_wasserstein(jax.random.PRNGKey(2), jnp.asarray(samples), ref))
+        if log_prob_kwargs is None:
+            return result
+        ll_kwargs = log_prob_kwargs
+        x = self.held_out(ec.num)
+        log_prob = jax.jit(lambda p, k, x: model.log_prob(p, k, x, **ll_kwargs))
+        t0 = time.perf_counter()
+        logp = np.asarray(log_prob(params, jax.random.PRNGKey(1), x))
+        result.update({
+            "nll_nats": float(-logp.mean()),
+            "nll_stderr": float(logp.std() / math.sqrt(len(logp))),
+            "eval_seconds": time.perf_counter() - t0,
+            "num_eval": int(ec.num),
+        })
         if heatmap:
             # looser ODE tolerances where the model has a solver
             heat_kwargs = {k: ec.heatmap_tol if k in ("rtol", "atol") else v
@@ -187,25 +172,27 @@ class ImageSource:
             result["class_accuracy"] = float(np.mean(np.asarray(predicted) == np.asarray(labels)))
         return result
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True):
-        """NLL of the discrete images (nats per image, bits/dim) on config.eval.split;
-        with samples (digits), the Fréchet distance of the digits classifier's
-        features to the test set and, for a conditional model, the class accuracy
-        of the samples, drawn for labels 0, 1, ..., 9, 0, ..."""
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None):
+        """NLL of the discrete images (nats per image, bits/dim) on config.eval.split
+        (skipped when `log_prob_kwargs` is None: the family has no likelihood); with
+        samples (digits), the Fréchet distance of the digits classifier's features
+        to the test set and, for a conditional model, the class accuracy of the
+        samples, drawn for labels 0, 1, ..., 9, 0, ..."""
         del workdir, heatmap
         ec = self.config.eval
-        t0 = time.perf_counter()
-        nll = self.discrete_nll(model, params, ec.split, num=ec.num or None,
-                                **_log_likelihood_kwargs(self.config))
-        dim = math.prod(self.data_shape)
-        result = {
-            "split": ec.split,
-            "nll_nats": float(nll.mean()),
-            "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
-            "bits_per_dim": float(nll.mean() / (dim * math.log(2))),
-            "eval_seconds": time.perf_counter() - t0,
-            "num_eval": int(len(nll)),
-        }
+        result = {}
+        if log_prob_kwargs is not None:
+            t0 = time.perf_counter()
+            nll = self.discrete_nll(model, params, ec.split, num=ec.num or None, **log_prob_kwargs)
+            dim = math.prod(self.data_shape)
+            result = {
+                "split": ec.split,
+                "nll_nats": float(nll.mean()),
+                "nll_stderr": float(nll.std() / math.sqrt(len(nll))),
+                "bits_per_dim": float(nll.mean() / (dim * math.log(2))),
+                "eval_seconds": time.perf_counter() - t0,
+                "num_eval": int(len(nll)),
+            }
         if samples is not None:
             labels = None
             if self.num_classes is not None:
@@ -236,8 +223,6 @@ def _tfds_source(config):
 def build_source(config):
     """The data source config.data.name names: a toy density, "digits" or "tfds:<name>"."""
     name = config.data.name
-    if config.get("family") == "lm":  # byte-level text: "stdlib" or "tfds:<name>"
-        return text_source.TextSource(config)
     if name in TOY_DENSITIES:
         return ToySource(config)
     if name == "digits":

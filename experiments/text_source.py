@@ -166,11 +166,12 @@ class TextSource:
             total += float(loss(params, {"tokens": jnp.asarray(part)})) * len(part)
         return total / len(windows)
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True):
-        """Validation nats/token, bits/byte, perplexity; and the validation curve
-        (bits/byte of each kept checkpoint's EMA params against training seconds),
-        written to validation_curve.json."""
-        del samples, heatmap
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None):
+        """Validation nats/token, bits/byte, perplexity (from the loss: the exact
+        next-byte log-likelihood); and the validation curve (bits/byte of each kept
+        checkpoint's EMA params against training seconds), written to
+        validation_curve.json."""
+        del samples, heatmap, log_prob_kwargs
         ec = self.config.eval
         t0 = time.perf_counter()
         nats = self.validation_nats(model, params, ec.num_windows)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import main, registry, sources, text_source
+from experiments import main, registry, text_source
 from experiments.logging import read_metrics
 from genjax.autoregressive import make_lm
 from genjax.data import text
@@ -39,7 +39,7 @@ def test_stdlib_source_streams_and_batches(corpus):
     root, files = corpus
     config = tiny_config(root)
     config.family = "lm"
-    source = sources.build_source(config)
+    source = registry.build_source_for(config)
     assert isinstance(source, text_source.TextSource)
     order = sorted(files)
     train = b"".join(files[r] for r in order if text.split_of(r) == "train")
@@ -102,11 +102,11 @@ def test_bad_prompts_and_contexts_give_clear_errors(corpus):
         lm.loss(params, None, {"tokens": jnp.zeros((1, 21), jnp.int32)})
     config.data.seq_len = 32
     with pytest.raises(ValueError, match="data.seq_len=32 exceeds model.max_len=16"):
-        sources.build_source(config)
+        registry.build_source_for(config)
     config.data.seq_len = 16
     config.data.name = "shakespeare.txt"
     with pytest.raises(ValueError, match="unknown text dataset 'shakespeare.txt'"):
-        sources.build_source(config)
+        registry.build_source_for(config)
 
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -137,7 +137,7 @@ def test_tfds_text_source(tmp_path):
     config.data.data_dir = str(tmp_path)
     config.data.validation_split = "test"
     config.data.seq_len = 8
-    source = sources.build_source(config)
+    source = registry.build_source_for(config)
     docs = [d.encode("utf-8") for d in DOCS["train"]]
     # TFDS stores records in its own order: the stream is the documents in some order.
     assert source.train_tokens.tobytes() in {b"".join(p) for p in itertools.permutations(docs)}

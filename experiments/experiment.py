@@ -1,0 +1,105 @@
+"""What a config builds: the data source, the model, its optimizers and train function.
+
+Every script that trains a family from a config (main, reflow's base flow,
+ablate, the guidance sweep and the sampler study) builds it through `Experiment`,
+and every one trains through `experiments.run_loop.run`.
+"""
+import jax
+
+from experiments import registry
+from experiments.checkpoint import Checkpointer
+from genjax import train as train_lib
+
+HOST_LOOP_CHOICES = ("auto", "on", "off")
+
+
+def make_optimizer(optim, total_steps: int):
+    """(transformation, learning_rate_fn) of one config.optim section (or one group's)."""
+    return train_lib.make_optimizer(
+        learning_rate=optim.learning_rate, total_steps=total_steps,
+        warmup_steps=optim.warmup_steps, schedule=optim.schedule,
+        end_fraction=optim.get("end_fraction", 0.0), grad_clip=optim.grad_clip,
+        weight_decay=optim.weight_decay, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999))
+
+
+def make_optimizers(config, groups: tuple):
+    """One optimizer for a single-loss family (config.optim), or for a family with
+    parameter groups a dict {group: optimizer} from config.optim.<group>."""
+    total = config.train.num_steps
+    if not groups:
+        return make_optimizer(config.optim, total)
+    missing = [g for g in groups if g not in config.optim]
+    if missing:
+        raise ValueError(f"family {config.family!r} has parameter groups {list(groups)}; config.optim "
+                         f"has no section for {missing} (expected config.optim.<group>.learning_rate, ...)")
+    pairs = {g: make_optimizer(config.optim[g], total) for g in groups}
+    return {g: tx for g, (tx, _) in pairs.items()}, {g: fn for g, (_, fn) in pairs.items()}
+
+
+class Experiment:
+    """The data source, model, optimizer(s) and train function a config names."""
+
+    def __init__(self, config, source=None):
+        """`source`: reuse an already built data source (it must be the one `config` names)."""
+        self.config = config
+        self.family = registry.family_of(config)
+        self.source = source if source is not None else registry.build_source_for(config)
+        self.model = registry.build_model(config, self.source)
+        self.tx, self.lr_fn = make_optimizers(config, self.model.groups)
+        self.batch_fn = self.source.batch_fn(config.data.batch_size)
+        self.key = jax.random.PRNGKey(config.seed)
+
+    def init_state(self, key=None, **hyperparams):
+        """The initial TrainState (of seed `key`, default the config's)."""
+        example = self.source.example_batch(self.config.data.batch_size)
+        return train_lib.init_state(self.model.init, self.tx, self.key if key is None else key, example,
+                                    init_model_state=self.model.init_model_state, **hyperparams)
+
+    def train_fn(self, mesh, steps_per_call=None, unroll=1):
+        return train_lib.make_train_fn(
+            self.model.loss, self.tx, ema_decay=self.config.optim.ema_decay,
+            steps_per_call=steps_per_call or self.config.train.steps_per_call,
+            batch_fn=self.batch_fn, mesh=mesh, learning_rate_fn=self.lr_fn, unroll=unroll,
+            grad_accum_steps=self.config.train.get("grad_accum_steps", 1),
+            update_schedule=self.model.update_schedule, ema_groups=self.model.ema_groups)
+
+    def host_loop(self) -> bool:
+        """train.host_loop: "on" steps from Python (one jitted step per call), "off"
+        scans steps_per_call steps in one program, "auto" steps from Python on CPU
+        for convolutional networks (XLA:CPU runs convolution gradients inside a
+        loop tens of times slower than in straight-line code)."""
+        choice = self.config.train.get("host_loop", "auto")
+        if choice not in HOST_LOOP_CHOICES:
+            raise ValueError(f"train.host_loop={choice!r}; expected one of {HOST_LOOP_CHOICES}")
+        if choice == "auto":
+            return jax.default_backend() == "cpu" and self.family.convolutional(self.config)
+        return choice == "on"
+
+    def compiled_train_fn(self, mesh):
+        """jit(train_fn) over train.steps_per_call steps, or the same steps one jitted
+        step at a time from Python (`host_loop`)."""
+        if self.host_loop():
+            one = jax.jit(self.train_fn(mesh, steps_per_call=1, unroll=True), donate_argnums=0)
+            return train_lib.host_loop(one, self.config.train.steps_per_call)
+        return jax.jit(self.train_fn(mesh), donate_argnums=0)
+
+    def model_kwargs(self, state) -> dict:
+        """Keywords that `model.sample` / `model.log_prob` need besides the config's:
+        the model state of a family that has one."""
+        return {} if state.model_state is None else {"model_state": state.model_state}
+
+    def log_prob_kwargs(self, state) -> dict | None:
+        """`model.log_prob` keywords from config.eval; None when the family has no likelihood."""
+        kwargs = registry.log_prob_kwargs(self.config)
+        return None if kwargs is None else {**kwargs, **self.model_kwargs(state)}
+
+    def restore(self, workdir: str):
+        """The newest checkpoint of `workdir` (FileNotFoundError when there is none)."""
+        ckpt = Checkpointer(workdir, keep=self.config.train.keep_checkpoints)
+        try:
+            state = ckpt.restore(self.init_state())
+        finally:
+            ckpt.close()
+        if state is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir!r}; run --mode=train first")
+        return state
