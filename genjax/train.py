@@ -323,7 +323,7 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops_per_s: float) ->
 
     flops_per_token is the model's training cost per token (e.g.
     `Transformer.flops_per_token`: 6N + attention); peak_flops_per_s is measured
-    (benchmarks/peak_flops.py) or the vendor's number for the dtype used.
+    (`genjax.hardware.measure_peak_flops`) or the vendor's number for the dtype used.
     """
     if not peak_flops_per_s > 0:
         raise ValueError(f"peak_flops_per_s={peak_flops_per_s}; expected a positive FLOP/s figure")
