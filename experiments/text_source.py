@@ -208,13 +208,10 @@ class TextSource:
 
 def state_template(config):
     """A TrainState with the structure of an LM run's checkpoints (for restoring)."""
+    from experiments.experiment import make_optimizer  # (experiment imports this module)
     from genjax import train as train_lib
 
-    opt = config.optim
-    tx, _ = train_lib.make_optimizer(
-        learning_rate=opt.learning_rate, total_steps=config.train.num_steps,
-        warmup_steps=opt.warmup_steps, schedule=opt.schedule, grad_clip=opt.grad_clip,
-        weight_decay=opt.weight_decay)
+    tx, _ = make_optimizer(config.optim, config.train.num_steps)
     example = {"tokens": jnp.zeros((1, config.data.seq_len + 1), jnp.int32)}
     model = build_lm_model(config)
     return train_lib.init_state(model.init, tx, jax.random.PRNGKey(config.seed), example)
