@@ -208,7 +208,7 @@ _SMALL_NET = nets.EnergyMLP(hidden=(16, 16))
 
 
 def _cd_model():
-    return ebm_model.make_ebm_model(_SMALL_NET, data_shape=(2,), box=(-4.0, 4.0), method="cd",
+    return ebm_model.make_ebm_model(_SMALL_NET, data_shape=(2,), box=(-4.0, 4.0), objective="cd",
                                     buffer_size=512, sgld_steps=5, sgld_step_size=0.01)
 
 
@@ -256,10 +256,10 @@ def test_the_buffer_is_model_state_threaded_by_the_trainer():
 
 def test_stateless_methods_have_no_model_state_and_bad_choices_are_named():
     for method in ("ssm", "dsm"):
-        model = ebm_model.make_ebm_model(nets.EnergyMLP(), data_shape=(2,), box=(-4.0, 4.0), method=method)
+        model = ebm_model.make_ebm_model(nets.EnergyMLP(), data_shape=(2,), box=(-4.0, 4.0), objective=method)
         assert model.init_model_state is None
     with pytest.raises(ValueError, match="'nce'"):
-        ebm_model.make_ebm_model(nets.EnergyMLP(), data_shape=(2,), box=(-4.0, 4.0), method="nce")
+        ebm_model.make_ebm_model(nets.EnergyMLP(), data_shape=(2,), box=(-4.0, 4.0), objective="nce")
     with pytest.raises(ValueError, match="'hmc'"):
         ebm_model.make_ebm_model(nets.EnergyMLP(), data_shape=(2,), box=(-4.0, 4.0), sampler="hmc")
     with pytest.raises(ValueError, match="relu"):
@@ -282,7 +282,7 @@ def test_an_energy_fitted_to_a_gaussian_recovers_its_moments(method):
     # sigma^2 = 0.01. CD runs without re-initialising chains from noise: 10-step
     # chains from uniform noise on the box are far from equilibrium, and 5% of them
     # (Du & Mordatch's rate) shrink the fitted covariance to ~0.75 COV (docs/ebm.md).
-    model = ebm_model.make_ebm_model(_FIT_NET, data_shape=(2,), box=(-6.0, 6.0), method=method, sigma=0.1,
+    model = ebm_model.make_ebm_model(_FIT_NET, data_shape=(2,), box=(-6.0, 6.0), objective=method, sigma=0.1,
                                      buffer_size=1024, reinit_prob=0.0, sgld_steps=10, sgld_step_size=0.02,
                                      alpha=0.01)
     steps = 1500

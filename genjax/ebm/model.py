@@ -1,6 +1,6 @@
 """An energy-based model as a `genjax.core.Model`: p(x) = exp(-E(x)) / Z on a box.
 
-`make_ebm_model(energy_net, data_shape=..., box=..., method=...)` trains one
+`make_ebm_model(energy_net, data_shape=..., box=..., objective=...)` trains one
 energy network `energy_net.apply(params, x) -> (N,)` by one of three objectives
 that never need Z (`genjax.ebm.losses`):
 
@@ -32,7 +32,7 @@ from genjax import mcmc
 from genjax.core import Model, check_int, check_shape
 from genjax.ebm import losses, partition, replay
 
-METHODS = ("cd", "ssm", "dsm")
+OBJECTIVES = ("cd", "ssm", "dsm")
 SAMPLERS = ("mala", "sgld")
 
 
@@ -67,7 +67,7 @@ def make_ebm_model(
     *,
     data_shape: tuple,
     box: tuple[float, float],
-    method: str = "cd",
+    objective: str = "cd",
     # contrastive divergence (Du & Mordatch 2019)
     buffer_size: int = 10_000,
     reinit_prob: float = 0.05,
@@ -98,7 +98,7 @@ def make_ebm_model(
     SSM: `num_projections` Gaussian projections, SSM-VR when `variance_reduced`.
     DSM: noise level `sigma`.
 
-    sample(params, key, num, *, model_state=None, sampler=None, num_steps=None,
+    sample(params, key, num, *, model_state=None, method=sampler, num_steps=None,
     step_size=None, noise_scale=None) runs fresh chains from noise (the buffer is
     not used, so samples show what the energy generates on its own) for num_steps
     (default sample_steps) steps: "mala" with step size sample_step_size, "sgld"
@@ -106,8 +106,8 @@ def make_ebm_model(
     log_prob(params, key, x, *, model_state=None, resolution=None): exact (quadrature)
     log-density on 2-D data; None for other shapes.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown EBM training method {method!r}; expected one of {METHODS}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown EBM training objective {objective!r}; expected one of {OBJECTIVES}")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown EBM sampler {sampler!r}; expected one of {SAMPLERS}")
     data_shape = tuple(data_shape)
@@ -166,15 +166,15 @@ def make_ebm_model(
         score_fn = losses.score_of(energy_fn_of(energy_net, params))
         return losses.denoising_score_matching_loss(score_fn, key, x, sigma=sigma)
 
-    def sample(params, key, num, *, model_state=None, sampler=sampler, num_steps=None, step_size=None,
+    def sample(params, key, num, *, model_state=None, method=sampler, num_steps=None, step_size=None,
                noise_scale=None):
         del model_state  # fresh chains from noise
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown EBM sampler {sampler!r}; expected one of {SAMPLERS}")
+        if method not in SAMPLERS:
+            raise ValueError(f"unknown EBM sampler {method!r}; expected one of {SAMPLERS}")
         num = check_int("num", num, 1)
         num_steps = sample_steps if num_steps is None else num_steps
         energy_fn = energy_fn_of(energy_net, params)
-        if sampler == "mala":
+        if method == "mala":
             x, _ = mala_from_noise(key, energy_fn, num, data_shape=data_shape, box=(low, high),
                                    step_size=sample_step_size if step_size is None else step_size,
                                    num_steps=num_steps)
@@ -191,11 +191,11 @@ def make_ebm_model(
         res = quadrature_resolution if resolution is None else resolution
         return partition.log_prob(energy_fn_of(energy_net, params), x, box=(low, high), resolution=res)
 
-    loss = {"cd": cd_loss, "ssm": ssm_loss, "dsm": dsm_loss}[method]
+    loss = {"cd": cd_loss, "ssm": ssm_loss, "dsm": dsm_loss}[objective]
     return Model(
         init=init,
         loss=loss,
         sample=sample,
         log_prob=log_prob if partition.quadrature_note(data_shape) is None else None,
-        init_model_state=init_model_state if method == "cd" else None,
+        init_model_state=init_model_state if objective == "cd" else None,
     )
