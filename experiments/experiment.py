@@ -88,10 +88,17 @@ class Experiment:
         the model state of a family that has one."""
         return {} if state.model_state is None else {"model_state": state.model_state}
 
+    def likelihood_note(self) -> str | None:
+        """Why the model has no likelihood on this data (the family's note), else None."""
+        return self.family.likelihood_note(self.config, self.source)
+
     def log_prob_kwargs(self, state) -> dict | None:
-        """`model.log_prob` keywords from config.eval; None when the family has no likelihood."""
+        """`model.log_prob` keywords from config.eval; None when the family has no
+        likelihood, or none on this data (`likelihood_note`)."""
         kwargs = registry.log_prob_kwargs(self.config)
-        return None if kwargs is None else {**kwargs, **self.model_kwargs(state)}
+        if kwargs is None or self.likelihood_note() is not None:
+            return None
+        return {**kwargs, **self.model_kwargs(state)}
 
     def restore(self, workdir: str):
         """The newest checkpoint of `workdir` (FileNotFoundError when there is none)."""

@@ -94,6 +94,9 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True):
         samples = np.load(os.path.join(workdir, "samples.npz"))["samples"]
     result = exp.source.evaluate(exp.model, state.ema_params, workdir, samples=samples,
                                  heatmap=heatmap, log_prob_kwargs=exp.log_prob_kwargs(state))
+    note = exp.likelihood_note()
+    if note is not None:
+        result["no_likelihood"] = note
     result["step"] = int(state.step)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -71,3 +71,26 @@ def loss_curves(path, curves: dict, title="training loss (mean over seeds, band:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def density_comparison(path, model_GG, true_GG, samples, box, title=""):
+    """A learned density beside the true one on the same colour scale (rows of the
+    grids are y, over box x box), and samples from the model."""
+    low, high = box
+    extent = (low, high, low, high)
+    vmax = float(max(np.max(model_GG), np.max(true_GG)))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
+    for ax, grid, name in ((axes[0], model_GG, "model exp(-E)/Z"), (axes[1], true_GG, "true density")):
+        ax.imshow(np.asarray(grid), origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_title(name)
+    points = np.asarray(samples)
+    axes[2].scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
+    axes[2].set_title("MALA samples")
+    for ax in axes:
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+        ax.set_aspect("equal")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

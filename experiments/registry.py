@@ -10,6 +10,9 @@ from typing import Callable, NamedTuple
 from experiments.sources import TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
 from experiments import text_source
 from genjax.diffusion import ddpm
+from genjax.ebm import model as ebm_lib
+from genjax.ebm import nets as ebm_nets
+from genjax.ebm import partition as ebm_partition
 from genjax.diffusion import model as diffusion_model
 from genjax.diffusion import sde as sde_lib
 from genjax.flows import cnf as cnf_lib
@@ -141,6 +144,36 @@ def build_glow_model(config, source):
         data_range=None if m.logit_alpha is None else (-1.0, 1.0))
 
 
+EBM_NETS = {
+    "mlp": lambda m: ebm_nets.EnergyMLP(hidden=tuple(m.hidden), activation=m.activation),
+    "conv": lambda m: ebm_nets.ConvEnergy(channels=tuple(m.channels), dense=m.dense, activation=m.activation),
+}
+
+
+def build_ebm_model(config, source):
+    """An energy-based model p = exp(-E)/Z on the box model.box, trained by
+    model.objective (cd | ssm | dsm); the likelihood is quadrature of Z on 2-D data."""
+    if source.num_classes is not None:
+        raise ValueError("family 'ebm' is unconditional; set model.conditional=False")
+    m = config.model
+    return ebm_lib.make_ebm_model(
+        choose("energy net", m.net, EBM_NETS)(m), data_shape=source.data_shape, box=tuple(m.box),
+        objective=m.objective, buffer_size=m.buffer_size, reinit_prob=m.reinit_prob,
+        sgld_steps=m.sgld_steps, sgld_step_size=m.sgld_step_size, sgld_noise=m.sgld_noise,
+        clip_grad=m.clip_grad, alpha=m.alpha, num_projections=m.num_projections,
+        variance_reduced=m.variance_reduced, sigma=m.sigma, sampler=config.sample.method,
+        sample_steps=config.sample.num_steps, sample_step_size=config.sample.step_size,
+        quadrature_resolution=config.eval.resolution)
+
+
+def ebm_likelihood_note(config, source):
+    return ebm_partition.quadrature_note(source.data_shape)
+
+
+def ebm_net_is_convolutional(config) -> bool:
+    return config.model.net == "conv"
+
+
 # the config.sample fields each sampler reads (besides method, guidance and labels)
 DIFFUSION_SAMPLERS = {
     "pc": ("num_steps", "predictor", "corrector", "snr", "eps"),
@@ -149,6 +182,11 @@ DIFFUSION_SAMPLERS = {
     "dpm_solver": ("num_steps", "order", "eps", "discretization"),
     "edm_heun": ("num_steps", "eps", "discretization"),
     "ancestral": ("num_steps",),
+}
+# energy-based models: chains from noise on exp(-E)
+EBM_SAMPLERS = {
+    "mala": ("num_steps", "step_size"),
+    "sgld": ("num_steps", "step_size", "noise_scale"),
 }
 # ODE flows (flow matching, CNF): Tsit5 or a fixed-step solver
 ODE_SAMPLERS = {
@@ -168,6 +206,10 @@ def _always(config) -> bool:
     return True
 
 
+def _no_note(config, source) -> None:
+    return None
+
+
 class Family(NamedTuple):
     """What the glue knows about a model family.
 
@@ -182,6 +224,9 @@ class Family(NamedTuple):
                      (XLA:CPU runs convolution gradients inside loops slowly)
     source:          config -> data source, when the family reads its own kind of
                      data (the LM's byte streams); None: `sources.build_source`
+    likelihood_note: (config, source) -> None, or why this family has no likelihood
+                     on this data (an EBM's quadrature of Z needs 2-D points): the
+                     evaluation then records the note and reports sample metrics only
     """
 
     build: Callable
@@ -189,6 +234,7 @@ class Family(NamedTuple):
     log_prob_fields: tuple | None = ()
     convolutional: Callable = _never
     source: Callable | None = None
+    likelihood_note: Callable = _no_note
 
 
 # config.family -> Family
@@ -204,6 +250,9 @@ FAMILIES = {
     "realnvp": Family(build_realnvp_model, {"inverse": ("temperature",)}),
     "glow": Family(build_glow_model, {"inverse": ("temperature",)}, convolutional=_always),
     # exact: one causal pass
+    # p = exp(-E)/Z: Z by quadrature on 2-D data only
+    "ebm": Family(build_ebm_model, EBM_SAMPLERS, ("resolution",), ebm_net_is_convolutional,
+                  likelihood_note=ebm_likelihood_note),
     "lm": Family(text_source.build_lm_model, {"ancestral": ("num_steps",)},
                  source=text_source.TextSource),
 }
