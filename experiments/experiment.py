@@ -22,9 +22,13 @@ def make_optimizer(optim, total_steps: int):
         weight_decay=optim.weight_decay, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999))
 
 
-def make_optimizers(config, groups: tuple):
+def make_optimizers(config, groups: tuple, update_schedule=None):
     """One optimizer for a single-loss family (config.optim), or for a family with
-    parameter groups a dict {group: optimizer} from config.optim.<group>."""
+    parameter groups a dict {group: optimizer} from config.optim.<group>.
+
+    An optimizer's schedule counts its own updates, and a group updated n times per
+    step (`update_schedule`, e.g. a GAN's n_critic) makes n per step: its total and
+    warmup steps are n times the config's, which are in train steps for every group."""
     total = config.train.num_steps
     if not groups:
         return make_optimizer(config.optim, total)
@@ -32,7 +36,15 @@ def make_optimizers(config, groups: tuple):
     if missing:
         raise ValueError(f"family {config.family!r} has parameter groups {list(groups)}; config.optim "
                          f"has no section for {missing} (expected config.optim.<group>.learning_rate, ...)")
-    pairs = {g: make_optimizer(config.optim[g], total) for g in groups}
+    counts = dict(update_schedule or ())
+
+    def group_optimizer(g):
+        n = counts.get(g, 1)
+        section = config.optim[g].copy_and_resolve_references()
+        section.warmup_steps = n * section.warmup_steps
+        return make_optimizer(section, n * total)
+
+    pairs = {g: group_optimizer(g) for g in groups}
     return {g: tx for g, (tx, _) in pairs.items()}, {g: fn for g, (_, fn) in pairs.items()}
 
 
@@ -45,7 +57,7 @@ class Experiment:
         self.family = registry.family_of(config)
         self.source = source if source is not None else registry.build_source_for(config)
         self.model = registry.build_model(config, self.source)
-        self.tx, self.lr_fn = make_optimizers(config, self.model.groups)
+        self.tx, self.lr_fn = make_optimizers(config, self.model.groups, self.model.update_schedule)
         self.batch_fn = self.source.batch_fn(config.data.batch_size)
         self.key = jax.random.PRNGKey(config.seed)
 
