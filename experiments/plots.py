@@ -94,3 +94,27 @@ def density_comparison(path, model_GG, true_GG, samples, box, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def scatter_per_seed(path, samples_KN2, titles, lim=4.5, columns=5, suptitle=""):
+    """One small scatter plot of 2-D samples per ensemble member (K panels)."""
+    samples_KN2 = np.asarray(samples_KN2)
+    k = samples_KN2.shape[0]
+    columns = min(columns, k)
+    rows = -(-k // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.5 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= k:
+            ax.axis("off")
+            continue
+        ax.scatter(samples_KN2[i, :, 0], samples_KN2[i, :, 1], s=1.0, alpha=0.5, linewidths=0)
+        ax.set_title(titles[i], fontsize=7)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=6)
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

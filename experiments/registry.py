@@ -19,6 +19,8 @@ from genjax.flows import cnf as cnf_lib
 from genjax.flows import matching as matching_lib
 from genjax.flows import paths as paths_lib
 from genjax.flows import realnvp as realnvp_lib
+from genjax.gan import model as gan_lib
+from genjax.gan import nets as gan_nets
 from genjax.nn.mlp import TimeMLP
 from genjax.nn.unet import UNet
 
@@ -174,6 +176,33 @@ def ebm_net_is_convolutional(config) -> bool:
     return config.model.net == "conv"
 
 
+# GAN networks: net -> (generator of data_shape, critic)
+GAN_NETS = {
+    "mlp": (lambda m, shape: gan_nets.MLPGenerator(out_dim=shape[0], hidden=tuple(m.generator_hidden)),
+            lambda m: gan_nets.MLPCritic(hidden=tuple(m.critic_hidden), negative_slope=m.negative_slope)),
+    "conv": (lambda m, shape: gan_nets.ConvGenerator(image_shape=shape, width=m.width),
+             lambda m: gan_nets.ConvCritic(width=m.width, negative_slope=m.negative_slope)),
+}
+
+
+def build_gan_model(config, source):
+    """A GAN (generator and critic from model.net; model.loss wgan_gp | non_saturating
+    | hinge, gradient / R1 penalties, n_critic, spectral normalization). Optimizers
+    per group: config.optim.generator and config.optim.critic."""
+    if source.num_classes is not None:
+        raise ValueError("family 'gan' is unconditional; set model.conditional=False")
+    m = config.model
+    make_generator, make_critic = choose("GAN net", m.net, GAN_NETS)
+    return gan_lib.make_gan_model(
+        make_generator(m, source.data_shape), make_critic(m), data_shape=source.data_shape,
+        latent_dim=m.latent_dim, loss=m.loss, gp_weight=m.gp_weight, r1_weight=m.r1_weight,
+        n_critic=m.n_critic, spectral_norm=m.spectral_norm)
+
+
+def gan_net_is_convolutional(config) -> bool:
+    return config.model.net == "conv"
+
+
 # the config.sample fields each sampler reads (besides method, guidance and labels)
 DIFFUSION_SAMPLERS = {
     "pc": ("num_steps", "predictor", "corrector", "snr", "eps"),
@@ -253,6 +282,8 @@ FAMILIES = {
     # p = exp(-E)/Z: Z by quadrature on 2-D data only
     "ebm": Family(build_ebm_model, EBM_SAMPLERS, ("resolution",), ebm_net_is_convolutional,
                   likelihood_note=ebm_likelihood_note),
+    # no likelihood: a sampler x = G(z); evaluation reports sample metrics
+    "gan": Family(build_gan_model, {"generator": ()}, None, gan_net_is_convolutional),
     "lm": Family(text_source.build_lm_model, {"ancestral": ("num_steps",)},
                  source=text_source.TextSource),
 }

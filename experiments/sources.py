@@ -27,6 +27,14 @@ TOY_DENSITIES = {
     "pinwheel": toy2d.pinwheel,
     "two_moons": toy2d.two_moons,
     "swiss_roll": toy2d.swiss_roll,
+    "grid25": toy2d.grid25,
+    "ring8": toy2d.ring8,
+}
+# densities that are mixtures of separated isotropic Gaussians: samples are also
+# judged by mode coverage (genjax.metrics.mode_coverage, the mode-collapse benchmarks)
+MODE_MIXTURES = {
+    "grid25": toy2d.grid25_mixture,
+    "ring8": toy2d.ring8_mixture,
 }
 _HELD_OUT_STREAM = 7  # key stream for held-out toy data, disjoint from training
 
@@ -59,6 +67,18 @@ class ToySource:
     def plot_samples(self, path, samples, title):
         plots.scatter_samples(path, samples, self.held_out(len(samples)), title=title)
 
+    def mode_metrics(self, samples) -> dict:
+        """Modes captured, fraction of high-quality samples and reverse KL of the mode
+        histogram (`genjax.metrics.mode_coverage`) on a mixture in MODE_MIXTURES, else {}."""
+        if self.config.data.name not in MODE_MIXTURES:
+            return {}
+        mixture = MODE_MIXTURES[self.config.data.name]()
+        std = float(np.sqrt(mixture.covs_KDD[0, 0, 0]))
+        found = metrics_lib.mode_coverage(jnp.asarray(samples), mixture.means_KD, std)
+        return {"modes": int(found["modes"]), "num_modes": int(mixture.means_KD.shape[0]),
+                "high_quality_fraction": float(found["high_quality_fraction"]),
+                "reverse_kl": float(found["reverse_kl"])}
+
     def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None):
         """NLL on held-out samples (`model.log_prob` with `log_prob_kwargs`; skipped when
         those are None: the family has no likelihood), sliced Wasserstein distance of
@@ -71,6 +91,7 @@ class ToySource:
             ref = self.held_out(len(samples))
             result["sliced_wasserstein"] = float(
                 metrics_lib.sliced_wasserstein(jax.random.PRNGKey(2), jnp.asarray(samples), ref))
+            result.update(self.mode_metrics(samples))
         if log_prob_kwargs is None:
             return result
         ll_kwargs = log_prob_kwargs
@@ -157,8 +178,11 @@ class ImageSource:
         return np.asarray(discrete_nll(jnp.concatenate(chunks), log_volume))
 
     def sample_quality(self, samples, labels=None):
-        """Fréchet distance of the digits classifier's features to the test split and,
-        given the labels the samples were drawn for, the fraction classified as them."""
+        """Fréchet distance of the digits classifier's features to the test split, the
+        classes the classifier gives the samples (fraction per class and the entropy
+        of that histogram in nats, ln 10 = 2.303 when all are equally frequent: mode
+        coverage) and, given the labels the samples were drawn for, the fraction
+        classified as them."""
         from experiments import classifier
 
         if not self.has_classifier:
@@ -167,8 +191,11 @@ class ImageSource:
         levels = np.asarray(images_lib.to_levels(jnp.asarray(samples), self.num_levels))
         test_int, _ = self.load_split("test")
         result = {"frechet_distance": float(classifier.frechet_distance_to(clf, levels, test_int))}
+        _, predicted = classifier.features_and_predictions(clf, levels)
+        coverage = metrics_lib.class_coverage(predicted, datasets.DIGITS_CLASSES)
+        result["class_fractions"] = [round(float(f), 4) for f in coverage["class_fractions"]]
+        result["class_entropy_nats"] = float(coverage["class_entropy"])
         if labels is not None:
-            _, predicted = classifier.features_and_predictions(clf, levels)
             result["class_accuracy"] = float(np.mean(np.asarray(predicted) == np.asarray(labels)))
         return result
 

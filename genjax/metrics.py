@@ -144,3 +144,22 @@ def mode_coverage(x_ND, centers_KD, std, num_std: float = 3.0) -> dict:
         "reverse_kl": reverse_kl.astype(jnp.float32),
         "mode_counts": counts_K,
     }
+
+
+def class_coverage(labels_N, num_classes: int) -> dict:
+    """How evenly samples cover the classes, from the labels a classifier gives them:
+
+      class_fractions  (num_classes,) the fraction of samples in each class
+      class_entropy    the entropy of that histogram in nats: ln(num_classes) when
+                       every class is equally frequent, 0 when all are one class
+                       (0 log 0 = 0)
+
+    Pure jnp; labels outside 0..num_classes-1 raise nothing but count nowhere.
+    """
+    labels_N = jnp.asarray(labels_N)
+    if labels_N.ndim != 1 or labels_N.shape[0] < 1:
+        raise ValueError(f"labels have shape {labels_N.shape}; expected (N,) with N >= 1")
+    counts = jnp.zeros(num_classes, jnp.float32).at[labels_N].add(1.0, mode="drop")
+    fractions = counts / labels_N.shape[0]
+    entropy = -jnp.sum(jnp.where(fractions > 0, fractions * jnp.log(jnp.where(fractions > 0, fractions, 1.0)), 0.0))
+    return {"class_fractions": fractions, "class_entropy": entropy}
