@@ -621,3 +621,46 @@ def swiss_roll(noise: float = 1.0) -> ToyDensity:
         return x_N2 / 5.0
 
     return ToyDensity(name="swiss_roll", sample=sample, log_prob=None, entropy=None)
+
+
+# --------------------------------------------------------------------------------------
+# Mode-collapse benchmarks (VEEGAN, Srivastava et al. 2017; PacGAN, Lin et al. 2018)
+# --------------------------------------------------------------------------------------
+
+
+def grid25_mixture(spacing: float = 2.0, std: float = 0.05) -> GaussianMixture:
+    """25 equally weighted Gaussians N(mu, std^2 I), mu in {-2, -1, 0, 1, 2}^2 * spacing.
+
+    Row-major order: component 5 i + j sits at (spacing (i - 2), spacing (j - 2)).
+    """
+    spacing = _check_positive("spacing", spacing)
+    std = _check_positive("std", std)
+    ticks = spacing * np.arange(-2.0, 3.0)
+    means_K2 = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), axis=-1).reshape(-1, 2)
+    return GaussianMixture.isotropic(means_K2, std)
+
+
+def grid25(spacing: float = 2.0, std: float = 0.05) -> ToyDensity:
+    """The 5 x 5 grid of Gaussians of the mode-collapse benchmarks (Srivastava et al.
+    2017, "VEEGAN", sec. 5.1; Lin et al. 2018, "PacGAN", sec. 5): means at
+    {-4, -2, 0, 2, 4}^2, std 0.05, equal weights. Exact log-density; entropy by
+    Gauss-Hermite quadrature (= ln 25 + ln(2 pi e std^2) up to the negligible overlap).
+    The mixture, with its mode centres, is `grid25_mixture(spacing, std)`."""
+    mixture = grid25_mixture(spacing, std)
+    return ToyDensity(name="grid25", sample=mixture.sample, log_prob=mixture.log_prob,
+                      entropy=_mixture_entropy(mixture))
+
+
+def ring8_mixture(radius: float = 2.0, std: float = 0.02) -> GaussianMixture:
+    """8 equally weighted Gaussians N(mu_k, std^2 I), mu_k = radius (cos 2 pi k/8, sin 2 pi k/8)."""
+    return gaussian_rings_mixture(8, radius, std, np.ones(8))
+
+
+def ring8(radius: float = 2.0, std: float = 0.02) -> ToyDensity:
+    """The ring of 8 Gaussians of the mode-collapse benchmarks (Metz et al. 2017,
+    "Unrolled GANs", sec. 3.1; VEEGAN; PacGAN): radius 2, std 0.02, equal weights.
+    Exact log-density; entropy by Gauss-Hermite quadrature. The mixture, with its
+    mode centres, is `ring8_mixture(radius, std)`."""
+    mixture = ring8_mixture(radius, std)
+    return ToyDensity(name="ring8", sample=mixture.sample, log_prob=mixture.log_prob,
+                      entropy=_mixture_entropy(mixture))
