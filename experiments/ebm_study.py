@@ -7,7 +7,8 @@ On the EMA parameters of a run of `experiments.main` (family "ebm"):
 
   * held-out NLL of exp(-E)/Z_B with Z_B by quadrature at eval.resolution R and at
     2R: their difference is the quadrature's discretisation error;
-  * the model's mass outside the box, 1 - Z_B / Z_2B with Z_2B over a box twice as
+  * the data's mass outside the box (its true density integrated over the box by
+    the same rule; the box should hold the data) and the model's, 1 - Z_B / Z_2B with Z_2B over a box twice as
     wide (a diagnostic of the support the model would have without the box; the
     reported density is the one restricted to the box);
   * the sliced Wasserstein distance (SWD) to `num` exact data samples of
@@ -16,6 +17,13 @@ On the EMA parameters of a run of `experiments.main` (family "ebm"):
     quadrature grid of exp(-E)/Z_B (the energy's own law, no sampler error), and
     the floor: the SWD between two independent exact sets of the same size, as a
     mean +- std over 5 pairs;
+  * the total variation between the model and the data over a 16 x 16 partition
+    of the box (both exact, by quadrature): what misplaced mass costs, e.g. wrong
+    weights of separated modes, which no local sampler started from noise shows;
+  * the mass of each mode (MODES: the 2x2 blocks of the checkerboard, the rings, the
+    eight components) under the data, under exp(-E)/Z_B (exact, by quadrature) and
+    among the MALA samples: score matching is blind to the weights of separated
+    modes, and chains from noise fill modes by the area of their basins;
   * a figure: exp(-E)/Z_B against the true density on the box, and MALA samples.
 
 Writes ebm_study.json and ebm_density.png to the workdir (and the figure to
@@ -40,6 +48,27 @@ from genjax.ebm import partition
 _FIGURE = flags.DEFINE_string("figure", None, "Also write the density figure here.")
 DEFAULT_NUM = 4_000
 FLOOR_PAIRS = 5
+TV_BLOCKS = 16  # the partition of the box for the total variation, per axis
+
+
+def _checkerboard_block(x):
+    """The 2x2 block of [-4, 4]^2 (16 blocks, 8 of them the data's) holding each point."""
+    ij = jnp.clip(jnp.floor((x + 4.0) / 2.0), 0, 3).astype(jnp.int32)
+    return ij[:, 0] + 4 * ij[:, 1]
+
+
+def _ring(x):
+    """The ring (radii 0.75, 1.5, 2.25, 3) nearest each point: radial bins split midway."""
+    return jnp.searchsorted(jnp.array([1.125, 1.875, 2.625]), jnp.hypot(x[:, 0], x[:, 1]))
+
+
+def _sector(x):
+    """The component (at angles k pi / 4) nearest each point's angle."""
+    return jnp.round(jnp.arctan2(x[:, 1], x[:, 0]) / (jnp.pi / 4)).astype(jnp.int32) % 8
+
+
+# data name -> (x_N2 -> mode index, number of modes)
+MODES = {"checkerboard": (_checkerboard_block, 16), "rings": (_ring, 4), "eight_gaussians": (_sector, 8)}
 
 
 def ebm_study(config, workdir, num):
@@ -86,6 +115,40 @@ def ebm_study(config, workdir, num):
                    "mala_seconds": time.perf_counter() - t0})
     x_grid = partition.sample_grid(jax.random.PRNGKey(12), energy, num, box=box, resolution=ec.resolution)
     result["swd_grid_draws"] = swd(x_grid, ref)
+
+    # total variation over TV_BLOCKS^2 blocks, each the sum of its fine cells' masses
+    res = ec.resolution
+    if res % TV_BLOCKS:
+        raise ValueError(f"eval.resolution={res} must be a multiple of {TV_BLOCKS} for the block TV")
+    c_R, _ = partition.grid_centres(low, high, res)
+    yy, xx = jnp.meshgrid(c_R, c_R, indexing="ij")
+    fine = jnp.stack([xx.ravel(), yy.ravel()], 1)
+    per_block = res // TV_BLOCKS
+
+    def block_masses(log_w):
+        w = jax.nn.softmax(log_w).reshape(TV_BLOCKS, per_block, TV_BLOCKS, per_block)
+        return jnp.sum(w, axis=(1, 3)).ravel()
+
+    true_log_p = density.log_prob(fine)
+    result["tv_blocks"] = float(metrics.total_variation(
+        block_masses(-partition.energy_grid(energy, box=box, resolution=res).ravel()), block_masses(true_log_p)))
+    # the data's own mass outside the box (midpoint rule on the true density): the box check
+    result["data_mass_outside_box"] = float(1.0 - jnp.exp(jax.scipy.special.logsumexp(true_log_p))
+                                            * ((high - low) / res) ** 2)
+
+    if config.data.name in MODES:
+        mode_of, num_modes = MODES[config.data.name]
+        idx = mode_of(fine)
+        masses = lambda log_w: jax.ops.segment_sum(jax.nn.softmax(log_w), idx, num_modes)  # noqa: E731
+        true_m = np.asarray(masses(true_log_p), np.float64)
+        model_m = np.asarray(masses(-partition.energy_grid(energy, box=box, resolution=res).ravel()), np.float64)
+        mala_m = np.bincount(np.asarray(mode_of(jnp.asarray(x_mala))), minlength=num_modes) / num
+        keep = true_m > 0.01  # the modes of the data
+        result["mode_masses"] = {"data": np.round(true_m[keep], 4).tolist(),
+                                 "model": np.round(model_m[keep], 4).tolist(),
+                                 "mala_from_noise": np.round(mala_m[keep], 4).tolist()}
+        ratio = model_m[keep] / true_m[keep]
+        result["mode_mass_ratio_min_max"] = [float(ratio.min()), float(ratio.max())]
 
     # the figure: both densities on the box grid (rows are y)
     c_R, _ = partition.grid_centres(low, high, ec.resolution // 2)
