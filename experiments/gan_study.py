@@ -61,7 +61,7 @@ def summarize(per_seed: list[dict]) -> dict:
     return out
 
 
-def gan_study(config, workdir: str, seeds: int, strategy: str, num: int):
+def gan_study(config, workdir: str, seeds: int, strategy: str, num: int, figure_copy: str | None = None):
     exp = Experiment(config)
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     losses, members, chosen, states = ablate.run_group(exp, [{}], seeds, strategy)
@@ -105,8 +105,8 @@ def gan_study(config, workdir: str, seeds: int, strategy: str, num: int):
             f"{config.data.name}, {config.model.loss}: {num} samples per seed (generator EMA)"))
     else:
         exp.source.plot_samples(figure, samples["ema"][0], title=f"{config.data.name}, {config.model.loss}, seed {config.seed}")
-    if _FIGURE.value:
-        shutil.copyfile(figure, _FIGURE.value)
+    if figure_copy:
+        shutil.copyfile(figure, figure_copy)
     with open(os.path.join(workdir, "gan_study.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -125,7 +125,7 @@ def main(argv):
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     num = main_lib.NUM_SAMPLES.value or config.sample.num
-    result = gan_study(config, workdir, ablate._SEEDS.value, ablate._STRATEGY.value, num)
+    result = gan_study(config, workdir, ablate._SEEDS.value, ablate._STRATEGY.value, num, _FIGURE.value)
     brief = {k: v for k, v in result.items() if k not in ("ema", "last")}
     brief["ema"] = result["ema"]["summary"]
     brief["last"] = result["last"]["summary"]

@@ -37,7 +37,8 @@ def loss_curve(path, steps, losses, title="training loss"):
     ax.plot(np.asarray(steps), np.asarray(losses), lw=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    # log scale where it can show the curve; GAN and energy losses can be <= 0
+    ax.set_yscale("log" if np.all(np.asarray(losses) > 0) else "symlog")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -65,7 +66,8 @@ def loss_curves(path, curves: dict, title="training loss (mean over seeds, band:
         ax.fill_between(steps, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    # log scale where it can show the curve; GAN and energy losses can be <= 0
+    ax.set_yscale("log" if np.all(np.asarray(losses) > 0) else "symlog")
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
