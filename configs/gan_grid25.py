@@ -3,7 +3,8 @@
 
     python -m experiments.main --config=configs/gan_grid25.py[:wgan_gp|:non_saturating] \
         --workdir=runs/gan_grid25 --mode=all
-    python -m experiments.gan_study --config=configs/gan_grid25.py --workdir=runs/gan_grid25_study --seeds=10
+    python -m experiments.gan_study --config=configs/gan_grid25.py --workdir=runs/gan_grid25_wgan_gp_study \
+        --seeds=10 --strategy=vmap
 
 WGAN-GP as measured in docs/gan.md: a 4 x 256 ReLU generator from a 2-D latent,
 a 3 x 128 LeakyReLU critic, batch 256, lambda = 1, two critic updates per generator
