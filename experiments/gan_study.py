@@ -7,7 +7,8 @@
 each; vmap was the fastest for the 2-D configs on 2 CPU cores.)
 
 The seeds config.seed + 0..K-1 train together (`experiments.ablate.run_group`: the
-stacked states of `genjax.train.init_ensemble`, run by
+states of `Experiment.init_state` vmapped over the seeds, as `genjax.train.init_ensemble`
+stacks them, run by
 `experiments.ensemble.ensemble_runner`); member s equals `experiments.main` trained
 alone with config.seed + s. Then every member draws --num samples (default
 config.sample.num) from its generator EMA and from its last parameters, and the data
