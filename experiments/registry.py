@@ -278,12 +278,12 @@ FAMILIES = {
     # exact flows: x = F^{-1}(T z); the log-density is exact and solver-free
     "realnvp": Family(build_realnvp_model, {"inverse": ("temperature",)}),
     "glow": Family(build_glow_model, {"inverse": ("temperature",)}, convolutional=_always),
-    # exact: one causal pass
     # p = exp(-E)/Z: Z by quadrature on 2-D data only
     "ebm": Family(build_ebm_model, EBM_SAMPLERS, ("resolution",), ebm_net_is_convolutional,
                   likelihood_note=ebm_likelihood_note),
     # no likelihood: a sampler x = G(z); evaluation reports sample metrics
     "gan": Family(build_gan_model, {"generator": ()}, None, gan_net_is_convolutional),
+    # exact: one causal pass
     "lm": Family(text_source.build_lm_model, {"ancestral": ("num_steps",)},
                  source=text_source.TextSource),
 }
