@@ -1,20 +1,12 @@
 """Timing helpers shared by the benchmarks: warm up, then the median of repeats."""
-import statistics
-import time
-
 import jax
+
+from genjax import hardware
 
 
 def time_fn(fn, *args, repeats: int = 5, warmup: int = 1):
     """Median wall time of fn(*args) in seconds, blocking on the result."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return hardware.median_seconds(fn, *args, repeats=repeats, warmup=warmup)
 
 
 def device_description() -> str:

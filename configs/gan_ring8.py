@@ -16,16 +16,4 @@ from configs import base_gan
 
 
 def get_config(loss: str = "wgan_gp"):
-    config = base_gan.get_config("ring8", loss)
-    config.train.num_steps = 4_000
-    config.train.checkpoint_every = 4_000
-    config.optim.ema_decay = 0.99
-    if loss == "wgan_gp":
-        # the settings tuned on grid25 (configs/gan_grid25.py has what they took)
-        config.model.gp_weight = 1.0
-        config.model.n_critic = 2
-        base_gan.set_both(config, learning_rate=4e-3, b1=0.0)
-    else:
-        base_gan.set_both(config, learning_rate=1e-3)
-    config.lock()
-    return config
+    return base_gan.mixture_config("ring8", loss, num_steps=4_000)

@@ -26,7 +26,7 @@ def default_peak_size() -> int:
     return 2048 if jax.default_backend() == "cpu" else 8192
 
 
-def _median_seconds(fn, *args, repeats: int, warmup: int) -> float:
+def median_seconds(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of fn(*args) in seconds, blocking on the result."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
@@ -54,5 +54,5 @@ def measure_peak_flops(size: int | None = None, dtype=jnp.float32, repeats: int 
     b = jax.random.normal(kb, (n, n), dtype)
     precision = jax.lax.Precision.HIGHEST if precision == "highest" else None
     matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision=precision))
-    seconds = _median_seconds(matmul, a, b, repeats=repeats, warmup=2)
+    seconds = median_seconds(matmul, a, b, repeats=repeats, warmup=2)
     return 2 * n**3 / seconds
