@@ -38,6 +38,7 @@ from experiments import configuration, plots, run_loop
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
 from experiments.ensemble import ensemble_runner
 from experiments.experiment import Experiment
+from genjax import train as train_lib
 
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "key=v1,v2,... (repeatable): values to cross.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per combination (config.seed + 0, 1, ...).")
@@ -111,11 +112,12 @@ def _init_member(exp, key, hyper: dict, traced_values: dict):
     return member_experiment(exp, traced_values).init_state(key, **hyper)
 
 
-def _member_train_fn(exp):
+def _member_train_fn(exp, steps_per_call=None, unroll=1):
     """(state, traced values) -> ((state, traced values), metrics) for one member."""
     def train_fn(carry):
         state, traced_values = carry
-        state, metrics = member_experiment(exp, traced_values).train_fn(None)(state)
+        member = member_experiment(exp, traced_values)
+        state, metrics = member.train_fn(None, steps_per_call=steps_per_call, unroll=unroll)(state)
         return (state, traced_values), metrics
     return train_fn
 
@@ -160,11 +162,16 @@ def run_group(exp, member_values: list[dict], seeds: int, strategy: str):
     states = jax.jit(jax.vmap(lambda key, hp, tv: _init_member(exp, key, hp, tv)))(keys, hyper, traced)
     chosen = {}
 
-    def make_step(mesh):
-        run, chosen["strategy"], _ = ensemble_runner(_member_train_fn(exp), (states, traced), strategy=strategy)
-        return run
-
     tc = config.train
+    # Networks that `exp.host_loop()` steps from Python (convolutions on CPU) run one
+    # jitted ensemble step per call; the rest scan train.steps_per_call steps per call.
+    host = exp.host_loop()
+    member_train_fn = _member_train_fn(exp, steps_per_call=1, unroll=True) if host else _member_train_fn(exp)
+
+    def make_step(mesh):
+        run, chosen["strategy"], _ = ensemble_runner(member_train_fn, (states, traced), strategy=strategy)
+        return train_lib.host_loop(run, tc.steps_per_call, step_axis=1) if host else run
+
     # No guard: a member that diverges (a too-large learning rate) is a result of the sweep.
     (states, _), metrics = run_loop.run((states, traced), make_step, num_steps=tc.num_steps,
                                         steps_per_call=tc.steps_per_call, place=False, ensemble=True,

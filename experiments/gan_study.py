@@ -9,7 +9,8 @@ each; vmap was the fastest for the 2-D configs on 2 CPU cores.)
 The seeds config.seed + 0..K-1 train together (`experiments.ablate.run_group`: the
 states of `Experiment.init_state` vmapped over the seeds, as `genjax.train.init_ensemble`
 stacks them, run by
-`experiments.ensemble.ensemble_runner`); member s equals `experiments.main` trained
+`experiments.ensemble.ensemble_runner`, one jitted ensemble step per call where
+`train.host_loop` steps from Python); member s equals `experiments.main` trained
 alone with config.seed + s. Then every member draws --num samples (default
 config.sample.num) from its generator EMA and from its last parameters, and the data
 source judges each set as `experiments.main`'s evaluation does (grid25 / ring8:
@@ -33,8 +34,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from experiments import ablate, plots, run_loop  # ablate defines --seeds and --strategy
-from experiments.ensemble import ensemble_runner
+from experiments import ablate, plots  # ablate defines --seeds and --strategy
 from experiments import main as main_lib  # defines --config (with overrides), --workdir, --num
 from experiments.experiment import Experiment
 
@@ -67,28 +67,9 @@ def summarize(per_seed: list[dict]) -> dict:
 
 def train_seeds(exp, seeds: int, strategy: str):
     """(losses (K, num_steps), chosen strategy, stacked final states) of seeds
-    config.seed + 0..K-1 trained as one ensemble. Networks that `exp.host_loop()`
-    steps from Python (convolutions on CPU) run one jitted ensemble step per call;
-    the rest scan train.steps_per_call steps per call (`ablate.run_group`)."""
-    if not exp.host_loop():
-        losses, _, chosen, states = ablate.run_group(exp, [{}], seeds, strategy)
-        return losses, chosen, states
-    config = exp.config
-    keys = jax.numpy.stack([jax.random.PRNGKey(config.seed + s) for s in range(seeds)])
-    states = jax.jit(jax.vmap(exp.init_state))(keys)
-    run, chosen, _ = ensemble_runner(exp.train_fn(None, steps_per_call=1, unroll=True), states, strategy=strategy)
-
-    def steps(states):
-        collected = []
-        for _ in range(config.train.steps_per_call):
-            states, metrics = run(states)
-            collected.append(metrics)
-        return states, jax.tree_util.tree_map(lambda *xs: jax.numpy.concatenate(xs, axis=1), *collected)
-
-    states, metrics = run_loop.run(states, lambda mesh: steps, num_steps=config.train.num_steps,
-                                   steps_per_call=config.train.steps_per_call, place=False, ensemble=True,
-                                   guard=False)
-    return np.asarray(metrics["loss"]), chosen, states
+    config.seed + 0..K-1 trained as one ensemble (`ablate.run_group`)."""
+    losses, _, chosen, states = ablate.run_group(exp, [{}], seeds, strategy)
+    return losses, chosen, states
 
 
 def gan_study(config, workdir: str, seeds: int, strategy: str, num: int, figure_copy: str | None = None):

@@ -570,9 +570,10 @@ def _ema(ema_params, params, decay, ema_groups):
     return {g: average(ema_params[g], params[g]) if g in ema_groups else params[g] for g in params}
 
 
-def host_loop(step_fn: Callable, num_calls: int) -> Callable:
+def host_loop(step_fn: Callable, num_calls: int, step_axis: int = 0) -> Callable:
     """Calls a jitted `step_fn(state) -> (state, metrics)` num_calls times from Python
-    and concatenates the metrics along their leading (step) axis.
+    and concatenates the metrics along their step axis (1 for an ensemble's
+    (members, steps) metrics).
 
     The same steps as one `lax.scan`, for backends where a loop inside the compiled
     program is slow: on XLA:CPU, convolution gradients inside a while loop run about
@@ -586,7 +587,7 @@ def host_loop(step_fn: Callable, num_calls: int) -> Callable:
         for _ in range(num_calls):
             state, metrics = step_fn(state)
             collected.append(metrics)
-        return state, jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *collected)
+        return state, jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=step_axis), *collected)
 
     return run
 

@@ -100,3 +100,23 @@ def test_a_group_the_family_does_not_have_lists_its_groups():
         configuration.check_override_key(config, "optim.critc.learning_rate")
     with pytest.raises(ValueError, match=r"The parameter groups of this config's family are"):
         ablate.parse_sweeps(config, ["optim.critc.learning_rate=1e-3,2e-3"])
+
+
+def test_an_ablation_stepped_from_python_trains_the_same_members():
+    """train.host_loop = on (what convolutional nets get on CPU): one jitted ensemble
+    step per call instead of a scan over steps_per_call, the same members and curves."""
+    results = {}
+    for choice in ("off", "on"):
+        config = tiny_gan()
+        config.train.num_steps = 10
+        config.train.host_loop = choice
+        sweeps = ablate.parse_sweeps(config, ["optim.critic.learning_rate=1e-4,3e-4"])
+        rows, states, _ = ablate.ablate(config, sweeps, seeds=1, strategy="vmap")
+        assert np.asarray(rows[0]["loss_curves"]).shape == (1, 10)
+        results[choice] = (rows, states[0])
+    (rows_off, scanned), (rows_on, stepped) = results["off"], results["on"]
+    np.testing.assert_allclose(np.asarray(rows_on[1]["loss_curves"]), np.asarray(rows_off[1]["loss_curves"]),
+                               rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(stepped.params), jax.tree_util.tree_leaves(scanned.params)):
+        for k in range(2):
+            _assert_equal_up_to_rounding(np.asarray(a[k]), np.asarray(b[k]), adam_step=3e-4)
