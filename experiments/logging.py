@@ -1,4 +1,13 @@
-"""Metrics to JSON lines and TensorBoard event files, and a progress bar."""
+"""Metrics to JSON lines and TensorBoard event files, and a progress bar.
+
+A run resumed from the checkpoint of step s opens its logger with resume_step=s:
+metrics.jsonl is first cut back to the records of steps <= s (rewritten
+atomically), and TensorBoard is told to hide the events of steps > s written by
+the process that crashed (tensorboardX's `purge_step`, a SessionLog.START event
+that TensorBoard's reader honours). The steps after s are then logged by the
+resumed run only, so after any number of crashes and resumes metrics.jsonl holds
+each step once, and TensorBoard shows each step once.
+"""
 import json
 import os
 
@@ -7,13 +16,21 @@ from tensorboardX import SummaryWriter
 
 
 class MetricsLogger:
-    """Appends {step, **metrics} to `<workdir>/metrics.jsonl` and TensorBoard."""
+    """Appends {step, **metrics} to `<workdir>/metrics.jsonl` and TensorBoard.
 
-    def __init__(self, workdir: str):
+    resume_step: the step of the state the run starts from (0 for a new run); the
+    records of later steps, left by a run that stopped without checkpointing
+    them, are dropped first. None appends to what is there (an evaluation
+    of the newest state)."""
+
+    def __init__(self, workdir: str, resume_step: int | None = None):
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
+        if resume_step is not None:
+            keep_records_through(self.path, resume_step)
         self._file = open(self.path, "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        purge = None if resume_step is None else int(resume_step) + 1
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
 
     def write(self, step: int, metrics: dict, prefix: str = "") -> None:
         record = {"step": int(step)}
@@ -29,6 +46,39 @@ class MetricsLogger:
     def close(self):
         self._file.close()
         self._tb.close()
+
+
+def keep_records_through(path: str, step: int) -> int:
+    """Rewrites the JSON-lines log at `path` with only its records of steps <= step
+    (training and evaluation records alike) and drops a line cut short by a crash;
+    returns how many records were dropped. The new file replaces the old in one
+    rename, so a crash here leaves one or the other, never a mix."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped, unterminated = [], 0, False
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # the last line of a process killed while writing it
+                dropped += 1
+                continue
+            if record.get("step", 0) <= step:
+                unterminated |= not line.endswith("\n")
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if not dropped and not unterminated:
+        return 0
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    return dropped
 
 
 def read_metrics(path: str) -> list[dict]:

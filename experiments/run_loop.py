@@ -52,36 +52,50 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
         workdir: str | None = None, checkpoint_every: int | None = None, keep_checkpoints: int = 3,
         fsdp: int = 1, place: bool = True, stop_after: int | None = None, progress: bool = False,
         desc: str = "train", rate_metrics: Callable | None = None, on_call: Callable | None = None,
-        ensemble: bool = False, guard: bool = True, loss_plot: bool = True):
+        ensemble: bool = False, guard: bool = True, loss_plot: bool = True,
+        spike_factor: float = 0.0, spike_window: int = 100):
     """Trains `state` to num_steps; returns (state, metrics of every step run now).
 
     make_step(mesh) -> step(state) -> (state, metrics stacked over steps_per_call
     steps) is called once the state is placed (mesh None when place is False).
 
-    workdir: resume from its newest checkpoint, append metrics to metrics.jsonl and
-    TensorBoard, checkpoint every `checkpoint_every` steps and at the end, and plot
-    loss.png. None: nothing is read or written (an ablation's members, a scaling run).
+    workdir: resume from its newest intact checkpoint (`experiments.checkpoint`),
+    cut metrics.jsonl and TensorBoard back to the steps that checkpoint had done and
+    append from there (so after any number of crashes and resumes each step is
+    logged once), checkpoint every `checkpoint_every` steps and at the end, and
+    plot loss.png. None: nothing is read or written (an ablation's members, a
+    scaling run).
     stop_after: stop once this many steps are done (simulates an interruption; the
-    state is checkpointed there). guard: stop with FloatingPointError at the first
-    non-finite loss, naming the step and the last intact checkpoint. ensemble: the
-    metrics have a leading member axis (K, steps); the guard is off for ensembles
-    by default in `experiments.ablate`, where a diverged member is a result.
+    state is checkpointed there).
+    guard: stop with FloatingPointError at the first step with a non-finite loss,
+    gradient norm (also any group's "<group>/loss" and "<group>/grad_norm") or
+    parameter (the train step's `params_finite` flag), naming the step, the
+    signals and the newest intact checkpoint; the bad state is neither logged nor
+    saved. spike_factor > 0 (train.spike_factor) also stops, with LossSpikeError,
+    at a finite loss above spike_factor times the median loss of the previous
+    spike_window steps run by this process (only while that median is positive:
+    a rule for losses that stay positive). ensemble: the metrics have a leading
+    member axis (K, steps); the guard then watches every member, but is off in
+    `experiments.ablate`, where a diverged member is a result.
     rate_metrics(steps per second) -> extra logged values (e.g. MFU);
     on_call(step, metrics, seconds) is called after every compiled call.
     """
     check_steps(num_steps, steps_per_call, checkpoint_every)
+    spikes = _SpikeRule(spike_factor, spike_window) if guard and spike_factor else None
     ckpt = Checkpointer(workdir, keep=keep_checkpoints) if workdir is not None else None
-    logger = MetricsLogger(workdir) if workdir is not None else None
+    logger = None
     try:
         if ckpt is not None:
             restored = ckpt.restore(state)
             if restored is not None:
                 state = restored
+        start = int(np.ravel(jax.device_get(state.step))[0]) if hasattr(state, "step") else 0
+        if workdir is not None:
+            logger = MetricsLogger(workdir, resume_step=start)
         mesh = None
         if place:
             mesh, state = place_state(state, fsdp)
         step_fn = make_step(mesh)
-        start = int(np.ravel(jax.device_get(state.step))[0]) if hasattr(state, "step") else 0
         end = num_steps if stop_after is None else min(stop_after, num_steps)
         bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=desc, file=sys.stdout)
         history, step = [], start
@@ -92,7 +106,9 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
                 metrics = jax.device_get(metrics)
                 seconds = time.perf_counter() - t0
                 if guard:
-                    _guard(metrics, step, ensemble, ckpt)
+                    _guard(metrics, step, ensemble, ckpt, workdir)
+                    if spikes is not None:
+                        spikes.check(metrics["loss"], step, ensemble, ckpt, workdir)
                 step += steps_per_call
                 history.append(metrics)
                 rate = steps_per_call / seconds
@@ -115,7 +131,7 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
             logger.close()
         if ckpt is not None:
             ckpt.close()
-    if workdir is not None and loss_plot:
+    if logger is not None and loss_plot:
         records = [r for r in read_metrics(logger.path) if "loss" in r]
         if records:
             plots.loss_curve(os.path.join(workdir, "loss.png"), [r["step"] for r in records],
@@ -126,15 +142,89 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
     return state, stacked
 
 
-def _guard(metrics, step: int, ensemble: bool, ckpt) -> None:
-    """Raises FloatingPointError at the first step whose loss (of any member) is not finite."""
-    losses = np.asarray(metrics["loss"])  # (steps,) or, for an ensemble, (members, steps)
-    finite = np.isfinite(losses.reshape(-1, losses.shape[-1])).all(axis=0)
-    bad = train_lib.first_nonfinite(np.where(finite, 0.0, np.nan), step)
+def _is_guard_signal(name: str) -> bool:
+    """The metrics the guard reads: the loss and gradient norm (also each parameter
+    group's) and the train step's `params_finite` flag."""
+    return name in ("loss", "grad_norm", "params_finite") or name.endswith(("/loss", "/grad_norm"))
+
+
+def _checkpoint_note(ckpt, workdir) -> str:
+    """Where the run can be resumed from, for a message that stops it."""
+    if workdir is None:
+        return "This run keeps no checkpoints (no workdir)."
+    step = ckpt.latest_step() if ckpt is not None else None
+    if step is None:
+        return f"No checkpoint was written yet in {workdir}."
+    return f"The newest intact checkpoint is step {step} in {ckpt.directory}."
+
+
+def _guard(metrics, step: int, ensemble: bool, ckpt, workdir=None) -> None:
+    """Raises FloatingPointError at the first step of this call at which any guard
+    signal (of any member) is not finite, naming that step, every signal bad there
+    and the newest intact checkpoint. Step s is the step that starts from
+    TrainState.step = s (its loss and gradient are taken at the parameters of step
+    s; `params_finite` checks the parameters it leaves)."""
+    finite = {}
+    order = lambda name: (name == "params_finite", "/" in name, name != "loss", name)  # noqa: E731
+    for name in sorted(filter(_is_guard_signal, metrics), key=order):
+        value = np.asarray(metrics[name])  # (steps,) or, for an ensemble, (members, steps)
+        ok = value.astype(bool) if name == "params_finite" else np.isfinite(value)
+        finite[name] = ok.reshape(-1, ok.shape[-1])  # (members, steps)
+    if not finite:
+        return
+    every = np.stack([ok.all(axis=0) for ok in finite.values()]).all(axis=0)
+    bad = train_lib.first_nonfinite(np.where(every, 0.0, np.nan), step)
     if bad is None:
         return
-    value = losses[..., bad - step]
-    intact = (f"The last checkpoint (step {ckpt.latest_step()}) is intact; "
-              if ckpt is not None and ckpt.latest_step() is not None else "No checkpoint was written yet; ")
-    raise FloatingPointError(f"loss is {value} at step {bad}; stopping. {intact}"
-                             f"lower optim.learning_rate or check the data.")
+    i = bad - step
+    parts = []
+    for name, ok in finite.items():
+        members = np.flatnonzero(~ok[:, i])
+        if not members.size:
+            continue
+        if name == "params_finite":
+            what = "a parameter is not finite after the update"
+        else:
+            values = np.asarray(metrics[name]).reshape(-1, ok.shape[-1])[members, i]
+            what = f"{name} is {values[0] if values.size == 1 else values.tolist()}"
+        parts.append(what + (f" (members {members.tolist()})" if ensemble else ""))
+    raise FloatingPointError(f"{'; '.join(parts)} at step {bad}; stopping without saving or logging this "
+                             f"state. {_checkpoint_note(ckpt, workdir)} Lower optim.learning_rate or check "
+                             f"the data.")
+
+
+class LossSpikeError(FloatingPointError):
+    """A finite loss far above its recent median (train.spike_factor); a
+    FloatingPointError so that callers stopping on divergence treat both alike."""
+
+
+class _SpikeRule:
+    """loss > factor x median of the previous `window` step losses (per member),
+    checked only once `window` losses were seen and while that median is positive."""
+
+    def __init__(self, factor: float, window: int):
+        if not factor > 1 or int(window) != window or window < 1:
+            raise ValueError(f"train.spike_factor={factor!r}, train.spike_window={window!r}; expected a "
+                             f"factor > 1 (0: off) and a positive window of steps")
+        self.factor, self.window = float(factor), int(window)
+        self.recent = None  # (members, <= window) losses of the latest steps
+
+    def check(self, losses, step: int, ensemble: bool, ckpt, workdir) -> None:
+        losses = np.asarray(losses, np.float64)
+        losses = losses.reshape(-1, losses.shape[-1])  # (members, steps)
+        for i in range(losses.shape[1]):
+            loss = losses[:, i]
+            if self.recent is not None and self.recent.shape[1] == self.window:
+                median = np.median(self.recent, axis=1)
+                spiked = np.flatnonzero((median > 0) & (loss > self.factor * median))
+                if spiked.size:
+                    m = int(spiked[0])
+                    member = f" (member {m})" if ensemble else ""
+                    raise LossSpikeError(
+                        f"loss is {loss[m]:.6g} at step {step + i}{member}, more than train.spike_factor="
+                        f"{self.factor:g} times the median {median[m]:.6g} of the previous {self.window} "
+                        f"steps; stopping without saving or logging this state. "
+                        f"{_checkpoint_note(ckpt, workdir)}")
+            column = loss[:, None]
+            self.recent = column if self.recent is None else np.concatenate(
+                [self.recent, column], axis=1)[:, -self.window:]

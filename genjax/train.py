@@ -373,7 +373,10 @@ def make_train_fn(
     `unroll` is passed to the scan; True traces the steps one after another into
     straight-line code with no loop at all (see `host_loop`).
     Metrics are stacked over the steps: the loss's own metrics plus `loss`,
-    `grad_norm` and (given learning_rate_fn) `learning_rate`.
+    `grad_norm`, (given learning_rate_fn) `learning_rate` and `params_finite`, a
+    boolean that every parameter after the step's update is finite (`all_finite`;
+    a bool, so the metrics log skips it): with `loss` and the `grad_norm`s, the
+    signals of the run loop's divergence guard.
 
     Parameter groups (`docs/protocol.md`): with `loss_fn` a dict {group: loss} and
     `optimizer` a dict {group: transformation}, params is a dict with those groups
@@ -529,6 +532,7 @@ def make_train_fn(
             metrics["grad_norm"] = jnp.sqrt(sum(n**2 for n in norms))
         ema = _ema(state.ema_params, new_state.params, ema_decay, ema_groups if grouped else None)
         ema = _constrain(ema, mesh)
+        metrics["params_finite"] = all_finite(new_state.params)
         return new_state._replace(step=state.step + 1, ema_params=ema), metrics
 
     def train_fn(state: TrainState, batches=None):
@@ -554,6 +558,17 @@ def make_train_fn(
         return jax.lax.scan(body, state, batches, length=steps_per_call, unroll=unroll)
 
     return train_fn
+
+
+def all_finite(tree) -> jax.Array:
+    """A boolean scalar: every floating-point leaf of `tree` is finite.
+
+    The divergence guard's parameter check, computed inside the train step (one
+    reduction over the parameters, fused by XLA with the update that wrote them)
+    so that the host reads one flag per step instead of copying the parameters."""
+    flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
+             if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
 def _apply(optimizer, grads, opt_state, params):

@@ -54,7 +54,8 @@ def test_guard_names_the_step_and_the_checkpoint(tmp_path):
         return jnp.where(jnp.sum(model_state["seen"] != 0) > 0, jnp.nan, loss), aux
 
     tx, state = _state()
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1; stopping. No checkpoint was written yet"):
+    with pytest.raises(FloatingPointError, match=r"^loss is nan at step 1; stopping without saving or logging this "
+                                                 r"state. No checkpoint was written yet in "):
         run_loop.run(state, _make_step(tx, exploding), num_steps=10, steps_per_call=5,
                      workdir=str(tmp_path), checkpoint_every=5)
 
