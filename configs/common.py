@@ -32,8 +32,9 @@ def group_optimizers(ema_decay: float = 0.999, **groups) -> ml_collections.Confi
 def training(num_steps: int, checkpoint_every: int, steps_per_call: int = 100) -> ml_collections.ConfigDict:
     """Steps, steps per compiled call, checkpoints (the newest 3 are kept), the
     FSDP degree (fsdp = n > 1 shards parameters, EMA and optimizer state over n
-    devices: a ("data", "fsdp") mesh; n must divide the device count) and whether
-    steps are driven from Python (`experiments.experiment.Experiment.host_loop`)."""
+    devices: a ("data", "fsdp") mesh; n must divide the device count), whether
+    steps are driven from Python (`experiments.experiment.Experiment.host_loop`)
+    and the divergence guard's optional loss-spike rule."""
     c = ml_collections.ConfigDict()
     c.num_steps = num_steps
     c.steps_per_call = steps_per_call
@@ -41,4 +42,9 @@ def training(num_steps: int, checkpoint_every: int, steps_per_call: int = 100) -
     c.keep_checkpoints = 3
     c.fsdp = 1
     c.host_loop = "auto"                # auto | on | off: step from Python (auto: CPU + conv net)
+    # Loss-spike rule of the divergence guard (experiments.run_loop.run), off at 0:
+    # stop when a step's loss exceeds spike_factor x the median of the previous
+    # spike_window steps' losses (for losses that stay positive).
+    c.spike_factor = 0.0
+    c.spike_window = 100
     return c

@@ -46,7 +46,8 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
         exp.init_state(), exp.compiled_train_fn, num_steps=tc.num_steps,
         steps_per_call=tc.steps_per_call, workdir=workdir, checkpoint_every=tc.checkpoint_every,
         keep_checkpoints=tc.keep_checkpoints, fsdp=tc.get("fsdp", 1), stop_after=stop_after,
-        progress=progress, rate_metrics=_mfu_fn(exp))
+        progress=progress, rate_metrics=_mfu_fn(exp), spike_factor=tc.get("spike_factor", 0.0),
+        spike_window=tc.get("spike_window", 100))
     return state
 
 
