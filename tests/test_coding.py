@@ -148,6 +148,27 @@ def test_encoder_rejects_impossible_frequencies():
         coding.encode([0, 1], [1])
 
 
+def test_max_symbols_bounds_the_cheapest_possible_streams():
+    # The cheapest symbol `quantize` allows has f = TOTAL - 255 (every other byte
+    # keeps f = 1): runs of it give the most symbols per coded byte there can be.
+    # The bound must hold for every run length, and be nearly reached (the range
+    # truncation r = floor(range / TOTAL) makes real symbols cost a little more).
+    f_max = coding.TOTAL - 255
+    for n in (0, 1, 1000, 1423, 5000, 50_000):
+        data = coding.encode(np.zeros(n, np.int64), np.full(n, f_max))
+        bound = coding.max_symbols(len(data), 256)
+        assert n <= bound, (n, len(data), bound)
+        assert bound <= 1.15 * n + 2 * 1423, (n, len(data), bound)
+    # At the other end of the interval: cum = 255, the top of [0, TOTAL).
+    data = coding.encode(np.full(20_000, 255), np.full(20_000, f_max))
+    assert 20_000 <= coding.max_symbols(len(data), 256)
+    assert coding.max_symbols(4, 256) == 1423 and coding.max_symbols(3, 256) == 0
+    # A frequency floor of 1 in 2^16 costs >= 0.0056 bits: about 1422 symbols per byte.
+    assert coding.max_symbols(1_000_004, 256) == pytest.approx(1422.3e6, rel=1e-4)
+    with pytest.raises(ValueError, match="vocab_size=1000"):
+        coding.max_symbols(10, 1000)
+
+
 # ----------------------------------------------------------------------------- model-driven
 
 WINDOW, KEEP, START = 12, 8, 10

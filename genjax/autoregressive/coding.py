@@ -115,6 +115,31 @@ def encode(cum_N, freq_N) -> bytes:
     return bytes(out[1:])
 
 
+def max_symbols(num_bytes: int, vocab_size: int) -> int:
+    """An upper bound on how many symbols an `encode` output of `num_bytes` bytes holds,
+    when the frequencies come from `quantize` over `vocab_size` symbols.
+
+    A decoder reads zeros past the end of its stream, so it will "decode" any
+    number of symbols from any bytes; this bound is what lets a container reject
+    an impossible length before allocating or decoding anything. It holds
+    because `quantize` gives each of the V symbols a frequency >= 1, so the
+    coded one has f <= TOTAL - V + 1 and each symbol shrinks the range by a
+    factor <= q = (TOTAL - V + 1) / TOTAL (r = floor(range / TOTAL) <= range / TOTAL).
+    After N symbols and S byte shifts, 2^24 <= range < 2^32 q^N 2^(8 S), so
+    S > N log2(1/q) / 8 - 1; `encode` returns S + 4 bytes (5 flush shifts,
+    the leading cache byte dropped). Hence N < 8 (num_bytes - 3) / log2(1/q):
+    about 1,422 symbols per byte for V = 256, TOTAL = 2^16, however good the model.
+    """
+    if vocab_size < 2 or TOTAL < (vocab_size + 2) ** 2 // 4 + vocab_size:
+        raise ValueError(f"vocab_size={vocab_size}; expected 2 <= vocab_size with "
+                         f"TOTAL={TOTAL} >= (V + 2)^2 / 4 + V (see quantize)")
+    if num_bytes < 4:
+        return 0  # `encode` never returns fewer than 4 bytes
+    bits_per_symbol = np.log2(TOTAL / (TOTAL - vocab_size + 1))
+    # Round up (and by one more) so float rounding can only loosen the bound.
+    return int(np.floor(8 * (num_bytes - 3) / bits_per_symbol * (1 + 1e-12))) + 1
+
+
 # ----------------------------------------------------------------------------- decoder (jit)
 
 class DecoderState(NamedTuple):
