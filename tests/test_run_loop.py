@@ -1,11 +1,17 @@
-"""The one run loop (experiments/run_loop.py): resume, guard, ensembles."""
+"""The one run loop (experiments/run_loop.py): resume, the divergence guard on
+every signal, the log on resume, ensembles."""
+import json
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from experiments import ablate, run_loop
+from configs import toy_vpsde
+from experiments import ablate, main, run_loop
 from experiments.logging import read_metrics
 from genjax import train
 
@@ -72,3 +78,186 @@ def test_ablation_keys_of_group_learning_rates():
     assert ablate.injected_name("optim.generator.weight_decay") == "generator.weight_decay"
     assert ablate.injected_name("optim.ema_decay") is None
     assert ablate.injected_name("model.learning_rate") is None
+
+
+# ----------------------------------------------------------------------------- the guard on every signal
+
+@jax.custom_vjp
+def _infinite_gradient_if(w, on):
+    """The identity, whose gradient is infinite where `on`: a finite loss with an
+    infinite gradient norm."""
+    return w
+
+
+_infinite_gradient_if.defvjp(lambda w, on: (w, on), lambda on, g: (jnp.where(on, jnp.inf, g), None))
+
+_BAD_STEP = 7  # inside the second call (steps 5..9); step 5 is checkpointed
+
+
+def _flagged_batch(key, s, bad_index=_BAD_STEP):
+    """Batch number s, flagged when it is the one at which the tests break something
+    (with one update per step, the batch of step s is number s)."""
+    return {"x": jax.random.normal(jax.random.fold_in(key, s), (8, 3)), "bad": jnp.full((8,), s == bad_index)}
+
+
+def _least_squares(w, batch):
+    return jnp.mean((batch["x"] @ _infinite_gradient_if(w, jnp.any(batch["bad"])) - 1.0) ** 2)
+
+
+def _run_flagged(tmp_path, loss, tx, init, batch_fn=_flagged_batch):
+    state = train.init_state(init, tx, jax.random.key(0), None)
+    make = lambda mesh: jax.jit(train.make_train_fn(loss, tx, steps_per_call=5, batch_fn=batch_fn,  # noqa: E731
+                                                    mesh=mesh))
+    return run_loop.run(state, make, num_steps=20, steps_per_call=5, workdir=str(tmp_path), checkpoint_every=5)
+
+
+def _assert_stopped_before_saving(tmp_path):
+    """Nothing of the bad call was saved or logged: checkpoint 5 is the newest, and
+    its parameters are finite."""
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+    assert [r["step"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))] == [5]
+
+
+def test_guard_stops_at_an_infinite_gradient_norm(tmp_path):
+    loss = lambda params, key, batch: (_least_squares(params["w"], batch), {})  # noqa: E731
+    init = lambda k, b: {"w": jax.random.normal(k, (3,))}  # noqa: E731
+    with pytest.raises(FloatingPointError, match=rf"^grad_norm is inf; a parameter is not finite after the update "
+                                                 rf"at step {_BAD_STEP}; stopping without saving or logging this "
+                                                 rf"state. The newest intact checkpoint is step 5 in "):
+        _run_flagged(tmp_path, loss, optax.sgd(1e-2), init)
+    _assert_stopped_before_saving(tmp_path)
+
+
+def test_guard_stops_at_a_non_finite_parameter(tmp_path):
+    """An update to infinity (a learning rate of inf at one step) with a finite loss
+    and gradient: only the train step's params_finite flag sees it."""
+    loss = lambda params, key, batch: (jnp.mean((batch["x"] @ params["w"] - 1.0) ** 2), {})  # noqa: E731
+    init = lambda k, b: {"w": jax.random.normal(k, (3,))}  # noqa: E731
+    tx = optax.sgd(lambda count: jnp.where(count == _BAD_STEP, jnp.inf, 1e-2))
+    with pytest.raises(FloatingPointError, match=rf"^a parameter is not finite after the update at step {_BAD_STEP}; "
+                                                 rf"stopping .* newest intact checkpoint is step 5 in "):
+        _run_flagged(tmp_path, loss, tx, init)
+    _assert_stopped_before_saving(tmp_path)
+
+
+def test_guard_names_the_group_whose_gradient_norm_is_infinite(tmp_path):
+    losses = {"a": lambda params, key, batch: (jnp.mean((batch["x"] @ params["a"] - 1.0) ** 2), {}),
+              "b": lambda params, key, batch: (_least_squares(params["b"], batch), {})}
+    init = lambda k, b: {"a": jax.random.normal(k, (3,)), "b": jnp.ones(3)}  # noqa: E731
+    with pytest.raises(FloatingPointError, match=rf"^grad_norm is inf; b/grad_norm is inf; a parameter is not "
+                                                 rf"finite after the update at step {_BAD_STEP}; "):
+        # Two updates per step, a then b: b's update in step s takes batch number 2 s + 1.
+        _run_flagged(tmp_path, losses, {"a": optax.sgd(1e-2), "b": optax.sgd(1e-2)}, init,
+                     batch_fn=lambda key, s: _flagged_batch(key, s, bad_index=2 * _BAD_STEP + 1))
+    _assert_stopped_before_saving(tmp_path)
+
+
+def test_guard_without_a_workdir_says_there_are_no_checkpoints():
+    loss = lambda params, key, batch: (jnp.mean(batch["x"] @ params["w"]) / 0.0, {})  # noqa: E731
+    tx = optax.sgd(1e-2)
+    state = train.init_state(lambda k, b: {"w": jnp.zeros(3)}, tx, jax.random.key(0), None)
+    make = lambda mesh: jax.jit(train.make_train_fn(loss, tx, steps_per_call=5, batch_fn=_flagged_batch))  # noqa: E731
+    with pytest.raises(FloatingPointError, match=r"^loss is nan; grad_norm is nan; a parameter is not finite after "
+                                                 r"the update at step 0; .* This run keeps no checkpoints \(no "
+                                                 r"workdir\)\. "):
+        run_loop.run(state, make, num_steps=10, steps_per_call=5)
+
+
+def _ensemble(learning_rates, guard):
+    tx, _ = train.make_optimizer(learning_rate=1e-2, total_steps=10, schedule="constant")
+    init = lambda k, b: {"w": jax.random.normal(k, (3,))}  # noqa: E731
+    keys = jax.random.split(jax.random.key(0), len(learning_rates))
+    states = train.init_ensemble(init, tx, keys, None, learning_rate=np.asarray(learning_rates))
+    loss = lambda params, key, batch: (jnp.mean((batch["x"] @ params["w"] - 1.0) ** 2), {})  # noqa: E731
+    fn = train.make_ensemble_fn(train.make_train_fn(loss, tx, steps_per_call=5, batch_fn=_flagged_batch))
+    return run_loop.run(states, lambda mesh: fn, num_steps=10, steps_per_call=5, place=False, ensemble=True,
+                        guard=guard)
+
+
+def test_guard_names_the_diverged_members_and_ablations_keep_them():
+    with pytest.raises(FloatingPointError, match=r"^a parameter is not finite after the update \(members \[1\]\) at "
+                                                 r"step 0;"):
+        _ensemble([1e-2, np.inf, 1e-2], guard=True)
+    states, metrics = _ensemble([1e-2, np.inf, 1e-2], guard=False)  # as experiments.ablate runs them
+    assert metrics["loss"].shape == (3, 10)
+    assert np.isfinite(metrics["loss"][[0, 2]]).all() and not np.isfinite(metrics["loss"][1, 1:]).any()
+    assert metrics["params_finite"][[0, 2]].all() and not metrics["params_finite"][1].any()
+
+
+def test_loss_spike_rule_is_off_by_default_and_stops_when_turned_on(tmp_path):
+    """A finite loss 10^4 times its recent median at step 12 (the batch scaled by 100)."""
+    def spiking_batch(key, s):
+        return jax.random.normal(jax.random.fold_in(key, s), (4, 3)) * jnp.where(s == 12, 100.0, 1.0)
+
+    tx, state = _state()
+    loss = lambda params, key, batch: (jnp.mean((batch @ params["w"] - 1.0) ** 2) + 1.0, {})  # noqa: E731
+    make = lambda mesh: jax.jit(train.make_train_fn(loss, tx, steps_per_call=5, batch_fn=spiking_batch))  # noqa: E731
+    state = state._replace(model_state=None)
+    _, metrics = run_loop.run(state, make, num_steps=20, steps_per_call=5)
+    assert metrics["loss"][12] > 1000 * np.median(metrics["loss"][7:12])  # the spike is there, and passes
+    with pytest.raises(run_loop.LossSpikeError, match=r"^loss is [0-9.e+]+ at step 12, more than "
+                                                      r"train.spike_factor=10 times the median [0-9.]+ of the "
+                                                      r"previous 5 steps; stopping without saving or logging this "
+                                                      r"state. The newest intact checkpoint is step 10 in "):
+        run_loop.run(state, make, num_steps=20, steps_per_call=5, workdir=str(tmp_path), checkpoint_every=5,
+                     spike_factor=10, spike_window=5)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "5"]
+    with pytest.raises(ValueError, match=r"train.spike_factor=0.5, train.spike_window=5; expected a factor > 1"):
+        run_loop.run(state, make, num_steps=20, steps_per_call=5, spike_factor=0.5, spike_window=5)
+
+
+# ----------------------------------------------------------------------------- the log on resume
+
+class _Crash(Exception):
+    pass
+
+
+def test_resumed_run_logs_each_step_once(tmp_path):
+    """A run that logged steps 5..15 but checkpointed only 10 crashes; an evaluation
+    record of step 10 and a line cut short by the crash are in the log too. The
+    resumed run drops what came after step 10 and appends from there."""
+    def crash_at_15(step, metrics, seconds):
+        if step == 15:
+            raise _Crash
+
+    tx, state = _state()
+    wd = str(tmp_path)
+    with pytest.raises(_Crash):
+        run_loop.run(state, _make_step(tx), num_steps=20, steps_per_call=5, workdir=wd, checkpoint_every=10,
+                     on_call=crash_at_15)
+    path = os.path.join(wd, "metrics.jsonl")
+    assert [r["step"] for r in read_metrics(path)] == [5, 10, 15]
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": 10, "eval/nll_nats": 1.5}) + "\n")
+        f.write('{"step": 20, "loss": 0.')  # killed mid-line
+    tx, state = _state()
+    whole, _ = run_loop.run(state, _make_step(tx), num_steps=20, steps_per_call=5, workdir=wd, checkpoint_every=10)
+    records = read_metrics(path)
+    assert [(r["step"], "loss" in r) for r in records] == [(5, True), (10, True), (10, False), (15, True),
+                                                           (20, True)]
+    assert int(whole.step) == 20
+
+
+def test_a_learning_rate_that_diverges_stops_at_the_first_non_finite_signal(tmp_path):
+    """The VP-SDE toy at a constant learning rate of 300: the gradient norm turns
+    infinite within a few steps. The run stops there, names the newest checkpoint,
+    which is finite, and saved nothing after the step that went bad."""
+    config = toy_vpsde.get_config()
+    config.model.hidden = (32, 32)
+    config.data.batch_size = 128
+    config.optim.learning_rate, config.optim.schedule, config.optim.warmup_steps = 300.0, "constant", 0
+    config.train.num_steps, config.train.steps_per_call, config.train.checkpoint_every = 40, 1, 1
+    wd = str(tmp_path)
+    with pytest.raises(FloatingPointError) as stop:
+        main.train(config, wd, progress=False)
+    found = re.match(r"^(.*) at step (\d+); stopping without saving or logging this state. The newest intact "
+                     r"checkpoint is step (\d+) in ", str(stop.value))
+    assert found, str(stop.value)
+    signals, bad, newest = found.group(1), int(found.group(2)), int(found.group(3))
+    assert "grad_norm is inf" in signals or "loss is" in signals, signals
+    steps = sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")))
+    assert newest == bad == steps[-1]  # step s's state (s steps done) was saved; the state after step s was not
+    assert [r["step"] for r in read_metrics(os.path.join(wd, "metrics.jsonl"))] == list(range(1, bad + 1))
+    _, state = main._restore(config, wd)
+    assert int(state.step) == newest
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves((state.params, state.opt_state)))
