@@ -8,6 +8,7 @@ import re
 import struct
 import zlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -189,7 +190,7 @@ def test_messages_are_distinct(coder, packed, no_decoding):
     """Two kinds of damage share a message only when they are one cause (a damaged
     header, whichever field was hit); numbers aside, every other message differs."""
     shapes = {}
-    for name, (damage, error, pattern) in DAMAGE.items():
+    for name, (damage, error, _) in DAMAGE.items():
         with pytest.raises(error) as caught:
             compress.decompress_many(coder, [damage(packed)], ["f.gjlm"])
         shapes[name] = re.sub(r"0x[0-9a-f]+|\d+", "N", str(caught.value))
@@ -237,18 +238,19 @@ def test_probabilities_that_differ_are_named_only_after_every_check_passes(run, 
     # machine: the container and identity checks pass, decoding derails, and
     # only then is the cause the probabilities.
     drifted = compress.LMCoder(run[0])
-    drifted.params = compress.jax.tree_util.tree_map(lambda x: x * 1.5, drifted.params)
+    drifted.params = jax.tree_util.tree_map(lambda x: x * 1.5, drifted.params)
     with pytest.raises(compress.DecodedMismatchError, match="model's probabilities differ") as caught:
         compress.decompress_many(drifted, [packed], ["f.gjlm"])
     assert "SHA-256" in str(caught.value)
     assert compress.decompress_many(coder, [packed]) == [ORIGINAL]
 
 
-def _as_version_1(blob, *, step=0, length=None):
-    """The same payload in a version-1 container, as older genjax wrote it."""
+def _as_version_1(blob, *, step=0, keep=8, chunk=16):
+    """The same payload in a version-1 container, as older genjax wrote it (keep
+    and chunk: those of the tiny config that coded it)."""
     payload = blob[compress.HEADER_BYTES:]
-    return struct.pack(">4sBQIQHI", b"GJLM", 1, len(ORIGINAL) if length is None else length,
-                       zlib.crc32(ORIGINAL), step, 8, 16) + payload
+    return struct.pack(">4sBQIQHI", b"GJLM", 1, len(ORIGINAL), zlib.crc32(ORIGINAL), step, keep,
+                       chunk) + payload
 
 
 def test_version_1_files_still_decode_with_their_checks(run, coder, packed, monkeypatch, tmp_path):
