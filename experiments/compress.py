@@ -322,6 +322,8 @@ def check_model(coder: LMCoder, head: Container, name: str = "the file") -> None
 
 def _decode(coder: LMCoder, heads: list, names: list) -> list:
     """Checks 7-9 of the module docstring for files that passed `parse`."""
+    if not heads:
+        return []
     for h, name in zip(heads, names):
         check_model(coder, h, name)
         if h.version != 1 and h.lanes != len(heads):

@@ -243,6 +243,7 @@ def test_probabilities_that_differ_are_named_only_after_every_check_passes(run, 
         compress.decompress_many(drifted, [packed], ["f.gjlm"])
     assert "SHA-256" in str(caught.value)
     assert compress.decompress_many(coder, [packed]) == [ORIGINAL]
+    assert compress.decompress_many(coder, []) == []
 
 
 def _as_version_1(blob, *, step=0, keep=8, chunk=16):
