@@ -162,8 +162,8 @@ def _guard(metrics, step: int, ensemble: bool, ckpt, workdir=None) -> None:
     """Raises FloatingPointError at the first step of this call at which any guard
     signal (of any member) is not finite, naming that step, every signal bad there
     and the newest intact checkpoint. Step s is the step that starts from
-    TrainState.step = s (its loss and gradient are taken at the parameters of step
-    s; `params_finite` checks the parameters it leaves)."""
+    TrainState.step = s: its loss and gradient are taken at the parameters of step
+    s. `params_finite` checks the parameters the call leaves (its last entry)."""
     finite = {}
     order = lambda name: (name == "params_finite", "/" in name, name != "loss", name)  # noqa: E731
     for name in sorted(filter(_is_guard_signal, metrics), key=order):
@@ -177,18 +177,21 @@ def _guard(metrics, step: int, ensemble: bool, ckpt, workdir=None) -> None:
     if bad is None:
         return
     i = bad - step
-    parts = []
+    parts, note = [], ""
     for name, ok in finite.items():
         members = np.flatnonzero(~ok[:, i])
         if not members.size:
             continue
         if name == "params_finite":
             what = "a parameter is not finite after the update"
+            if ok.shape[-1] > 1:
+                note = (f" (parameters are checked at the end of each call; this one ran steps {step} "
+                        f"to {step + ok.shape[-1] - 1})")
         else:
             values = np.asarray(metrics[name]).reshape(-1, ok.shape[-1])[members, i]
             what = f"{name} is {values[0] if values.size == 1 else values.tolist()}"
         parts.append(what + (f" (members {members.tolist()})" if ensemble else ""))
-    raise FloatingPointError(f"{'; '.join(parts)} at step {bad}; stopping without saving or logging this "
+    raise FloatingPointError(f"{'; '.join(parts)} at step {bad}{note}; stopping without saving or logging this "
                              f"state. {_checkpoint_note(ckpt, workdir)} Lower optim.learning_rate or check "
                              f"the data.")
 

@@ -373,10 +373,15 @@ def make_train_fn(
     `unroll` is passed to the scan; True traces the steps one after another into
     straight-line code with no loop at all (see `host_loop`).
     Metrics are stacked over the steps: the loss's own metrics plus `loss`,
-    `grad_norm`, (given learning_rate_fn) `learning_rate` and `params_finite`, a
-    boolean that every parameter after the step's update is finite (`all_finite`;
-    a bool, so the metrics log skips it): with `loss` and the `grad_norm`s, the
-    signals of the run loop's divergence guard.
+    `grad_norm`, (given learning_rate_fn) `learning_rate` and `params_finite`:
+    booleans, True but at the last step, where it says whether every parameter
+    the call leaves is finite (`all_finite`; a bool, so the metrics log skips
+    it). With `loss` and the `grad_norm`s it is a signal of the run loop's
+    divergence guard. It is checked once per call, not per step, because one
+    more pass over the parameters costs up to a fifth of a step whose time is
+    spent in the optimizer update (an MLP at batch 8 on a CPU,
+    benchmarks/guard_overhead.py); a non-finite parameter earlier in the call
+    shows in the next step's loss, or at the end of the call.
 
     Parameter groups (`docs/protocol.md`): with `loss_fn` a dict {group: loss} and
     `optimizer` a dict {group: transformation}, params is a dict with those groups
@@ -532,7 +537,6 @@ def make_train_fn(
             metrics["grad_norm"] = jnp.sqrt(sum(n**2 for n in norms))
         ema = _ema(state.ema_params, new_state.params, ema_decay, ema_groups if grouped else None)
         ema = _constrain(ema, mesh)
-        metrics["params_finite"] = all_finite(new_state.params)
         return new_state._replace(step=state.step + 1, ema_params=ema), metrics
 
     def train_fn(state: TrainState, batches=None):
@@ -554,8 +558,11 @@ def make_train_fn(
                 batch = None if batches is None else jax.tree_util.tree_map(lambda b: b[i], batches)
                 state, metrics = body(state, batch)
                 collected.append(metrics)
-            return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *collected)
-        return jax.lax.scan(body, state, batches, length=steps_per_call, unroll=unroll)
+            metrics = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *collected)
+        else:
+            state, metrics = jax.lax.scan(body, state, batches, length=steps_per_call, unroll=unroll)
+        finite = jnp.ones((steps_per_call,), bool).at[-1].set(all_finite(state.params))
+        return state, {**metrics, "params_finite": finite}
 
     return train_fn
 
@@ -563,9 +570,8 @@ def make_train_fn(
 def all_finite(tree) -> jax.Array:
     """A boolean scalar: every floating-point leaf of `tree` is finite.
 
-    The divergence guard's parameter check, computed inside the train step (one
-    reduction over the parameters, fused by XLA with the update that wrote them)
-    so that the host reads one flag per step instead of copying the parameters."""
+    The divergence guard's parameter check, computed inside the compiled train
+    call so that the host reads one flag instead of copying the parameters."""
     flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
              if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)]
     return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
