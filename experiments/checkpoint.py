@@ -27,6 +27,7 @@ Checksums cost one read of the step's files at save and at open, never anything
 per training step.
 """
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -143,6 +144,17 @@ def _step_dirs(directory: str) -> list[int]:
                    if name.isdigit() and os.path.isdir(os.path.join(directory, name))), reverse=True)
 
 
+_barriers = itertools.count()
+
+
+def _sync_processes(what: str) -> None:
+    """A barrier across the processes of a multi-process run (no-op with one).
+    Every process opens its Checkpointers in the same order, so the counter gives
+    each barrier the same unique name everywhere."""
+    if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes(f"genjax_checkpoints_{what}_{next(_barriers)}")
+
+
 class Checkpointer:
     """Saves and restores a training state pytree under `<workdir>/checkpoints`.
 
@@ -179,8 +191,10 @@ class Checkpointer:
 
     def _set_aside_damaged(self) -> None:
         """Checks steps newest first until one is intact; moves the damaged ones
-        newer than it to checkpoints_damaged/ (process 0 only, then all processes
-        wait for it); raises CheckpointError, moving nothing, when none is intact."""
+        newer than it to checkpoints_damaged/; raises CheckpointError, moving
+        nothing, when none is intact. In a multi-process run every process checks
+        the same files, all wait until all have checked, process 0 alone moves,
+        and all wait for that before any opens orbax's manager."""
         steps = _step_dirs(self.directory)
         damaged = []
         intact = None
@@ -191,6 +205,13 @@ class Checkpointer:
                 intact = step
                 break
             damaged.append((step, problem))
+        _sync_processes("checked")
+        try:
+            self._report_damaged(damaged, intact)
+        finally:
+            _sync_processes("moved")
+
+    def _report_damaged(self, damaged, intact) -> None:
         if not damaged:
             return
         if intact is None:
@@ -202,9 +223,7 @@ class Checkpointer:
             where = self._move_aside(step) if jax.process_index() == 0 else self.damaged_directory
             warnings.warn(f"checkpoint step {step} is damaged ({problem}); moved it to {where} and "
                           f"resuming from step {intact}, the newest intact checkpoint",
-                          DamagedCheckpointWarning, stacklevel=3)
-        if jax.process_count() > 1:
-            ocp.multihost.sync_global_processes(f"genjax_checkpoint_scan_{self.directory}_{steps[0]}")
+                          DamagedCheckpointWarning, stacklevel=4)
 
     def _move_aside(self, step: int) -> str:
         """Moves step's directory to checkpoints_damaged/<step> (<step>.1, ... when
