@@ -221,6 +221,7 @@ def to_markdown(rows, keys):
 def main(argv):
     del argv
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
+    configuration.validate(config)
     try:
         sweeps = parse_sweeps(config, _SWEEP.value)
     except ValueError as err:

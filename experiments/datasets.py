@@ -12,6 +12,8 @@ downloaded here, and TensorFlow is not needed.
 """
 import numpy as np
 
+from experiments.configuration import ConfigError
+
 DIGITS_SPLITS = {"train": slice(0, 1000), "val": slice(1000, 1350), "test": slice(1350, None)}
 DIGITS_LEVELS = 17
 DIGITS_CLASSES = 10
@@ -32,22 +34,38 @@ def load_digits(split: str):
 _READ_CHUNK = 4096  # records per __getitems__ call
 
 
+class DatasetUnavailable(ConfigError, FileNotFoundError):
+    """A TFDS dataset that cannot be read here: not prepared in the data dir looked
+    in, or tensorflow-datasets not installed. One message says which dataset, where
+    it was looked for and how to prepare it (the command line prints it as one
+    error, exit code 2)."""
+
+
+def _prepare_hint(name: str) -> str:
+    return (f"Prepare it on a machine with network access with `tfds build {name} "
+            f"--file_format=array_record --data_dir=DIR`, copy DIR here and pass it as data_dir "
+            f"(--config.data.data_dir=DIR).")
+
+
 def _tfds_source(name: str, split: str, data_dir):
     """The random-access data source of a prepared TFDS split; never downloads."""
-    import tensorflow_datasets as tfds  # heavy; only when a TFDS dataset is asked for
+    try:
+        import tensorflow_datasets as tfds  # heavy; only when a TFDS dataset is asked for
+    except ImportError:
+        raise DatasetUnavailable(
+            f"TFDS dataset {name!r} needs the package tensorflow-datasets, which is not installed "
+            f"(pip install tensorflow-datasets; TensorFlow itself is not needed). "
+            f"{_prepare_hint(name)}") from None
 
     where = data_dir if data_dir is not None else f"the default TFDS data dir ({tfds.core.constants.DATA_DIR})"
-    not_prepared = (
-        f"TFDS dataset {name!r} is not prepared in {where}; nothing is downloaded here. "
-        f"Prepare it where there is network with `tfds build {name} --file_format=array_record"
-        f" --data_dir=DIR` and pass data_dir=DIR."
-    )
+    not_prepared = (f"TFDS dataset {name!r} is not prepared in {where}; nothing is downloaded here. "
+                    f"{_prepare_hint(name)}")
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
-        raise FileNotFoundError(not_prepared) from None
+        raise DatasetUnavailable(not_prepared) from None
     if not builder.is_prepared():
-        raise FileNotFoundError(not_prepared)
+        raise DatasetUnavailable(not_prepared)
     return builder.as_data_source(split=split)
 
 

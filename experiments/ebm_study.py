@@ -168,6 +168,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
+    main_lib.check_run(config, workdir)
     result, figure = ebm_study(config, workdir, main_lib.NUM_SAMPLES.value or DEFAULT_NUM)
     with open(os.path.join(workdir, "ebm_study.json"), "w") as f:
         json.dump(result, f, indent=2)

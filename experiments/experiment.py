@@ -5,12 +5,16 @@ ablate, the guidance sweep and the sampler study) builds it through `Experiment`
 and every one trains through `experiments.run_loop.run`.
 """
 import jax
+import numpy as np
 
 from experiments import registry
 from experiments.checkpoint import Checkpointer
+from experiments.configuration import ConfigError
 from genjax import train as train_lib
 
 HOST_LOOP_CHOICES = ("auto", "on", "off")
+# The config.optim keys `genjax.train.make_optimizer` injects into the optimizer state.
+INJECTED_HYPERPARAMS = ("learning_rate", "b1", "b2", "weight_decay")
 
 
 def make_optimizer(optim, total_steps: int):
@@ -34,7 +38,7 @@ def make_optimizers(config, groups: tuple, update_schedule=None):
         return make_optimizer(config.optim, total)
     missing = [g for g in groups if g not in config.optim]
     if missing:
-        raise ValueError(f"family {config.family!r} has parameter groups {list(groups)}; config.optim "
+        raise ConfigError(f"family {config.family!r} has parameter groups {list(groups)}; config.optim "
                          f"has no section for {missing} (expected config.optim.<group>.learning_rate, ...)")
     counts = dict(update_schedule or ())
 
@@ -82,7 +86,7 @@ class Experiment:
         loop tens of times slower than in straight-line code)."""
         choice = self.config.train.get("host_loop", "auto")
         if choice not in HOST_LOOP_CHOICES:
-            raise ValueError(f"train.host_loop={choice!r}; expected one of {HOST_LOOP_CHOICES}")
+            raise ConfigError(f"train.host_loop={choice!r}; expected one of {HOST_LOOP_CHOICES}")
         if choice == "auto":
             return jax.default_backend() == "cpu" and self.family.convolutional(self.config)
         return choice == "on"
@@ -94,6 +98,50 @@ class Experiment:
             one = jax.jit(self.train_fn(mesh, steps_per_call=1, unroll=True), donate_argnums=0)
             return train_lib.host_loop(one, self.config.train.steps_per_call)
         return jax.jit(self.train_fn(mesh), donate_argnums=0)
+
+    def config_hyperparams(self) -> dict:
+        """The config's values of the optimizer hyperparameters kept in the optimizer
+        state: {name: value}, or {"group.name": value} for parameter groups."""
+        optim = self.config.optim
+        if self.model.groups:
+            return {f"{g}.{n}": optim[g][n] for g in self.model.groups for n in INJECTED_HYPERPARAMS
+                    if n in optim[g]}
+        return {n: optim[n] for n in INJECTED_HYPERPARAMS if n in optim}
+
+    def checked_first_step(self, make_step, on_ready=None):
+        """make_step(mesh) whose step, at its first call (given the state restored
+        from the newest checkpoint, or a fresh one), first
+        - checks that every array of the state has the shape this config's model
+          gives it: a checkpoint restores the shapes it was saved with, so a
+          changed width would otherwise fail inside flax (ConfigError naming the
+          first array that differs);
+        - sets the injected optimizer hyperparameters to the config's values where
+          they differ: a checkpoint brings the learning rates, betas and weight
+          decay it was trained with, so a change accepted on resume
+          (`experiments.run_config`, --allow_config_change=optim.learning_rate)
+          would otherwise be recorded but ignored; a fresh run, or one resumed
+          with its own config, is left as it is;
+        - calls on_ready(state), once the run is known to be consistent
+          (`experiments.main.train` writes config.json or records the accepted
+          changes there)."""
+        wanted = self.config_hyperparams()
+
+        def make(mesh):
+            step_fn = make_step(mesh)
+            pending = [True]
+
+            def step(state):
+                if pending:
+                    _check_shapes(state, jax.eval_shape(self.init_state))
+                    state = _with_hyperparams(state, wanted)
+                    if on_ready is not None:
+                        on_ready(state)
+                    pending.clear()
+                return step_fn(state)
+
+            return step
+
+        return make
 
     def model_kwargs(self, state) -> dict:
         """Keywords that `model.sample` / `model.log_prob` need besides the config's:
@@ -122,3 +170,37 @@ class Experiment:
         if state is None:
             raise FileNotFoundError(f"no checkpoint in {workdir!r}; run --mode=train first")
         return state
+
+
+def _with_hyperparams(state, wanted: dict):
+    """`state` with the injected hyperparameters in `wanted` that differ set to those
+    values, each placed as the value it replaces."""
+    current = jax.device_get(train_lib.get_hyperparams(state.opt_state))
+    differ = {k: v for k, v in wanted.items()
+              if k in current and np.asarray(v, np.asarray(current[k]).dtype) != current[k]}
+    if not differ:
+        return state
+    old = state.opt_state
+    new = train_lib.set_hyperparams(old, **differ)
+    new = jax.tree_util.tree_map(lambda n, o: n if n is o else jax.device_put(n, o.sharding), new, old)
+    return state._replace(opt_state=new)
+
+
+def _check_shapes(state, expected) -> None:
+    """Raises ConfigError when `state` (restored) and `expected` (the config's
+    abstract state) differ in structure or in the shape of an array."""
+    def named(tree):
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        return {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in leaves}, treedef
+
+    have, have_def = named(state)
+    want, want_def = named(expected)
+    differ = [f"{path}: saved {have[path]} -> requested {want[path]}" for path in want
+              if path in have and have[path] != want[path]]
+    if differ or have_def != want_def:
+        what = differ[0] if differ else (f"saved arrays {sorted(set(have) - set(want))[:3]}, requested "
+                                         f"{sorted(set(want) - set(have))[:3]}")
+        raise ConfigError(f"the checkpoint holds arrays of other shapes than this config's model "
+                          f"({len(differ) or 'a different set of'} arrays differ; {what}); a change of "
+                          f"shapes (a width, a depth, the data) cannot resume: start a new run in "
+                          f"another --workdir")

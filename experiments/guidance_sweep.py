@@ -57,6 +57,7 @@ def to_markdown(rows, config):
 def main(argv):
     del argv
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
+    main_lib.check_run(config, workdir)
     rows = guidance_sweep(config, workdir, _WEIGHTS.value, (main_lib.NUM_SAMPLES.value or DEFAULT_NUM))
     with open(os.path.join(workdir, "guidance_sweep.json"), "w") as f:
         json.dump(rows, f, indent=2)

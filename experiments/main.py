@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import configuration, registry, run_loop
+from experiments import configuration, registry, run_config, run_loop
 from experiments.experiment import Experiment
 from experiments.logging import MetricsLogger
 from genjax import train as train_lib
@@ -30,20 +30,36 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 NUM_SAMPLES = flags.DEFINE_integer("num", None, "Samples per guidance weight / per sampler "
                                    "(default: the script's).")
 _MODE = flags.DEFINE_enum("mode", "all", ["train", "sample", "eval", "all"], "What to run.")
+ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [], "Config keys (or sections) that may differ from the run saved in "
+    "--workdir when it resumes, e.g. optim.learning_rate,model.dropout; each change is recorded in "
+    "config_changes.jsonl (experiments.run_config lists the keys that may change without it).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU jobs).")
 
 
-def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
+def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True,
+          allow_changes=(), identity_sections=None):
     """Trains (resuming from the newest checkpoint) and returns the final state.
 
+    Before anything is built the config is validated (`configuration.validate`)
+    and checked against the run saved in the workdir (`run_config.check_workdir`;
+    `allow_changes`: keys that may differ besides those that always may;
+    `identity_sections`: the top-level keys that make the run's identity, default
+    all); config.json is written, or the accepted changes recorded, once the
+    checkpoint is restored and matches the model (`Experiment.checked_first_step`).
+    Each raises ConfigError.
     stop_after: stop once this many steps are done (to simulate an interruption);
     the state is checkpointed there.
     """
+    configuration.validate(config)
+    plan = run_config.check_workdir(workdir, config, allow=allow_changes, sections=identity_sections)
     exp = Experiment(config)
+    make_step = exp.checked_first_step(
+        exp.compiled_train_fn, on_ready=lambda state: run_config.commit(plan, step=int(state.step)))
     tc = config.train
     state, _ = run_loop.run(
-        exp.init_state(), exp.compiled_train_fn, num_steps=tc.num_steps,
+        exp.init_state(), make_step, num_steps=tc.num_steps,
         steps_per_call=tc.steps_per_call, workdir=workdir, checkpoint_every=tc.checkpoint_every,
         keep_checkpoints=tc.keep_checkpoints, fsdp=tc.get("fsdp", 1), stop_after=stop_after,
         progress=progress, rate_metrics=_mfu_fn(exp), spike_factor=tc.get("spike_factor", 0.0),
@@ -113,13 +129,12 @@ def main(argv):
     if _DISTRIBUTED.value:
         jax.distributed.initialize()  # reads the coordinator from the cluster environment
     config, workdir = _CONFIG.value, _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
     if _MODE.value in ("train", "all"):
         t0 = time.perf_counter()
-        train(config, workdir)
+        train(config, workdir, allow_changes=ALLOW_CONFIG_CHANGE.value)
         print(f"trained in {time.perf_counter() - t0:.1f} s")
+    else:
+        check_run(config, workdir)
     samples = None
     if _MODE.value in ("sample", "all"):
         samples = sample(config, workdir)
@@ -128,15 +143,27 @@ def main(argv):
         print(json.dumps(result, indent=2))
 
 
-def run(main_fn=main):
-    """Checks --config overrides (naming a bad key and the valid ones), then runs
-    `main_fn` under absl; the entry point of every script built on these flags."""
-    try:
-        configuration.check_argv(sys.argv[1:])
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main_fn)
+def check_run(config, workdir: str, *, allow=None):
+    """Validates `config` and checks it against the trained run saved in `workdir`
+    (`run_config.check_workdir`), for scripts that read one; writes nothing.
+    `allow`: keys that may differ (default: --allow_config_change once flags are
+    parsed). Raises ConfigError."""
+    if allow is None:
+        allow = ALLOW_CONFIG_CHANGE.value if flags.FLAGS.is_parsed() else ()
+    configuration.validate(config)
+    run_config.check_workdir(workdir, config, training=False, allow=allow)
+
+
+def run(main_fn=main, required=("config", "workdir")):
+    """Checks --config overrides (naming a bad key and the valid ones), lets a whole
+    tuple given for a key replace what the key was given before it, then runs
+    `main_fn` under absl (`configuration.prepare_argv`); the entry point of every
+    script built on these flags. A ConfigError (a bad override, a bad config value,
+    a workdir that does not match the config, data that is not prepared) exits
+    with code 2 and one line per problem, without a traceback."""
+    sys.argv[:] = configuration.prepare_argv(sys.argv)
+    flags.mark_flags_as_required(list(required))
+    app.run(configuration.reporting_errors(main_fn))
 
 
 if __name__ == "__main__":

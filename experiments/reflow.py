@@ -10,8 +10,9 @@ rerun only evaluates):
 
 1. base: flow matching on independent pairs (the 1-rectified flow), trained by
    experiments.main's `train` in --base_workdir (default <workdir>/base). An
-   existing run is reused only if its config.json agrees with this config on the
-   base fields (seed, family, data, model, optim, train);
+   existing run is reused only if its saved config agrees with this config on the
+   base fields (seed, family, data, model, optim, train), by the rules of
+   `experiments.run_config` (the base's config.json holds those fields);
 2. reflow: `reflow.num_pairs` pairs (x0, ODE_base(x0)) solved with
    reflow.pair_method, and the net trained on them from the base weights (2-rectified flow);
 3. distill: the one-step map x1 = x0 + v(x0, 0) trained on pairs of the
@@ -21,6 +22,9 @@ Evaluation, with the same noise for every model: sliced Wasserstein distance to
 held-out data after 1, 2, 4, ... Euler steps (config.compare.euler_steps), the
 straightness of base and reflowed flows, and the SWD between two data sets of the
 same size (the floor). Writes reflow_results.{json,md} and reflow.png to the workdir.
+
+The workdir's config.json is the identity of the stages trained there: a rerun with
+another config is refused before anything is built (`experiments.run_config`).
 """
 import json
 import os
@@ -28,12 +32,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import flags, logging
 
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
-from experiments import experiment, plots, registry, run_loop  # noqa: F401  (plots: headless backend)
+from experiments import experiment, plots, registry, run_config, run_loop  # noqa: F401  (plots: headless backend)
+from experiments import configuration
 from experiments.checkpoint import Checkpointer
 from genjax import metrics as metrics_lib
 from genjax import train as train_lib
@@ -46,37 +50,21 @@ BASE_FIELDS = ("seed", "family", "data", "model", "optim", "train")
 _PAIRS_STREAM, _EVAL_STREAM, _FLOOR_STREAM, _SWD_STREAM = 31, 32, 33, 34
 
 
-def _jsonable(value):
-    if isinstance(value, ml_collections.ConfigDict):
-        value = value.to_dict()
-    return json.loads(json.dumps(value))
+def check_base_config(config, base_workdir, allow=()):
+    """Raises ConfigError (a ValueError) listing the base fields on which the run in
+    base_workdir differs from `config` (`run_config.check_workdir`)."""
+    run_config.check_workdir(base_workdir, config, allow=allow, sections=BASE_FIELDS)
 
 
-def check_base_config(config, base_workdir):
-    """Raises ValueError if the run in base_workdir was trained with other base fields."""
-    path = os.path.join(base_workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    differ = [k for k in BASE_FIELDS if saved.get(k) != _jsonable(config[k])]
-    if differ:
-        detail = "; ".join(f"{k}: run has {saved.get(k)!r}, config has {_jsonable(config[k])!r}" for k in differ)
-        raise ValueError(f"base run {base_workdir!r} does not match this config ({detail}); "
-                         "pass another --base_workdir or matching --config overrides")
-
-
-def load_or_train_base(config, base_workdir):
+def load_or_train_base(config, base_workdir, allow=()):
     """(Experiment, TrainState) of the base flow: restored if complete, else trained."""
-    check_base_config(config, base_workdir)
+    check_base_config(config, base_workdir, allow)
     ckpt = Checkpointer(base_workdir)
     done = ckpt.latest_step() == config.train.num_steps
     ckpt.close()
     if not done:
-        os.makedirs(base_workdir, exist_ok=True)
-        with open(os.path.join(base_workdir, "config.json"), "w") as f:
-            json.dump({k: _jsonable(config[k]) for k in BASE_FIELDS}, f, indent=2)
-        main_lib.train(config, base_workdir, progress=False)
+        main_lib.train(config, base_workdir, progress=False, allow_changes=allow,
+                       identity_sections=BASE_FIELDS)
     return main_lib._restore(config, base_workdir)
 
 
@@ -134,11 +122,12 @@ def _done(seconds, stage, t0):
     print(f"{stage}: {seconds[stage]:.1f} s", flush=True)
 
 
-def run_reflow(config, workdir, base_workdir):
-    """All stages and the evaluation; returns the results dict and the figure's data."""
+def run_reflow(config, workdir, base_workdir, allow=()):
+    """All stages and the evaluation; returns the results dict and the figure's data.
+    `allow`: config keys that may differ from the base run's (--allow_config_change)."""
     seconds = {}
     t0 = time.perf_counter()
-    exp, base_state = load_or_train_base(config, base_workdir)
+    exp, base_state = load_or_train_base(config, base_workdir, allow)
     _done(seconds, "base", t0)
     # the base model's network (unconditional), rebuilt to evaluate and fine-tune its parameters
     net = registry.choose("net", config.model.get("net", "mlp"), registry.NETS)(config.model, None)
@@ -300,10 +289,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
     base_workdir = _BASE_WORKDIR.value or os.path.join(workdir, "base")
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
-    results, pictures = run_reflow(config, workdir, base_workdir)
+    allow = main_lib.ALLOW_CONFIG_CHANGE.value
+    configuration.validate(config)
+    plan = run_config.check_workdir(workdir, config, allow=allow)
+    check_base_config(config, base_workdir, allow)
+    run_config.commit(plan)
+    results, pictures = run_reflow(config, workdir, base_workdir, allow=allow)
     results["base_workdir"] = base_workdir
     with open(os.path.join(workdir, "reflow_results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -7,6 +7,7 @@ family's or a network's name.
 """
 from typing import Callable, NamedTuple
 
+from experiments.configuration import ConfigError
 from experiments.sources import TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
 from experiments import text_source
 from genjax.diffusion import ddpm
@@ -50,7 +51,7 @@ def net_is_convolutional(config) -> bool:
 
 def choose(kind: str, name: str, table: dict):
     if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(table)}")
+        raise ConfigError(f"unknown {kind} {name!r}; expected one of {sorted(table)}")
     return table[name]
 
 
@@ -73,7 +74,7 @@ def build_diffusion_model(config, source):
     objective = DIFFUSION_OBJECTIVES[config.family]
     sde, net = build_sde_and_net(config, source)
     if objective == "ddpm" and not hasattr(sde, "num_timesteps"):
-        raise ValueError(f"family 'ddpm' trains on a discrete schedule; model.sde={m.sde!r} "
+        raise ConfigError(f"family 'ddpm' trains on a discrete schedule; model.sde={m.sde!r} "
                          "is continuous (use ddpm_linear or ddpm_cosine)")
     return diffusion_model.make_diffusion_model(
         sde, net, data_shape=source.data_shape, objective=objective,
@@ -87,7 +88,7 @@ def build_diffusion_model(config, source):
 def _vector_field_net(config, source):
     """TimeMLP v(x, t) for the ODE families (unconditional: labels are not used)."""
     if source.num_classes is not None:
-        raise ValueError(f"family {config.family!r} is unconditional; "
+        raise ConfigError(f"family {config.family!r} is unconditional; "
                          "set model.conditional=False for this dataset")
     m = config.model
     return TimeMLP(hidden=tuple(m.hidden), time_embedding=m.time_embedding)
@@ -121,7 +122,7 @@ def build_cnf_model(config, source):
 def build_realnvp_model(config, source):
     """RealNVP (affine coupling) or neural spline flow (model.coupling="spline")."""
     if source.num_classes is not None:
-        raise ValueError("family 'realnvp' is unconditional; set model.conditional=False")
+        raise ConfigError("family 'realnvp' is unconditional; set model.conditional=False")
     m = config.model
     return realnvp_lib.make_realnvp_model(
         data_shape=source.data_shape, num_layers=m.num_layers, hidden=tuple(m.hidden),
@@ -135,9 +136,9 @@ def build_glow_model(config, source):
     [-1, 1] directly), so log_prob is the density of the dequantized images in
     model space (the convention of the diffusion NLL)."""
     if source.num_classes is not None:
-        raise ValueError("family 'glow' is unconditional; set model.conditional=False")
+        raise ConfigError("family 'glow' is unconditional; set model.conditional=False")
     if len(source.data_shape) != 3:
-        raise ValueError(f"family 'glow' models images (H, W, C); data {config.data.name!r} "
+        raise ConfigError(f"family 'glow' models images (H, W, C); data {config.data.name!r} "
                          f"has shape {source.data_shape}")
     m = config.model
     return realnvp_lib.make_glow_model(
@@ -156,7 +157,7 @@ def build_ebm_model(config, source):
     """An energy-based model p = exp(-E)/Z on the box model.box, trained by
     model.objective (cd | ssm | dsm); the likelihood is quadrature of Z on 2-D data."""
     if source.num_classes is not None:
-        raise ValueError("family 'ebm' is unconditional; set model.conditional=False")
+        raise ConfigError("family 'ebm' is unconditional; set model.conditional=False")
     m = config.model
     return ebm_lib.make_ebm_model(
         choose("energy net", m.net, EBM_NETS)(m), data_shape=source.data_shape, box=tuple(m.box),
@@ -190,7 +191,7 @@ def build_gan_model(config, source):
     | hinge, gradient / R1 penalties, n_critic, spectral normalization). Optimizers
     per group: config.optim.generator and config.optim.critic."""
     if source.num_classes is not None:
-        raise ValueError("family 'gan' is unconditional; set model.conditional=False")
+        raise ConfigError("family 'gan' is unconditional; set model.conditional=False")
     m = config.model
     make_generator, make_critic = choose("GAN net", m.net, GAN_NETS)
     return gan_lib.make_gan_model(

@@ -48,7 +48,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -57,7 +56,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import configuration
 from experiments import main as main_lib  # defines --config and --workdir, reused here
 from genjax import metrics as metrics_lib
 from genjax.diffusion import ddpm, samplers, solvers
@@ -494,6 +492,7 @@ def main(argv):
         config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
         if config is None or workdir is None:
             raise app.UsageError("--problem=digits needs --config and --workdir of a trained run")
+        main_lib.check_run(config, workdir)
         problem = digits_problem(config, workdir, num)
         out = _OUT.value or workdir
     print(f"{problem_name}: {num} samples, NFEs {list(nfes)}, {problem.metric} floor "
@@ -509,11 +508,9 @@ def main(argv):
 
 
 def run():
-    try:
-        configuration.check_argv(sys.argv[1:])
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    app.run(main)
+    """`experiments.main.run` with --config and --workdir optional (the mix64d
+    problem needs neither)."""
+    main_lib.run(main, required=())
 
 
 if __name__ == "__main__":

@@ -493,6 +493,7 @@ def study(config, workdir: str, *, fit_only: bool = False, corpus: dict | None =
 def main(argv):
     del argv
     config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
+    configuration.validate(config)
     t0 = time.perf_counter()
     _, _, table = study(config, workdir, fit_only=_FLAGS["fit_only"].value, log=lambda s: print(s, flush=True))
     print(table)
@@ -500,14 +501,10 @@ def main(argv):
 
 
 def run():
-    argv = ["--fit_only" if a == "--fit-only" else a for a in sys.argv]
-    try:
-        configuration.check_argv(argv[1:])
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    argv = configuration.prepare_argv(["--fit_only" if a == "--fit-only" else a for a in sys.argv])
     _define_flags()
     flags.mark_flags_as_required(["workdir"])
-    app.run(main, argv=argv)
+    app.run(configuration.reporting_errors(main), argv=argv)
 
 
 if __name__ == "__main__":

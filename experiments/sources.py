@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import datasets, plots
+from experiments.configuration import ConfigError
 from genjax import metrics as metrics_lib
 from genjax.data import images as images_lib
 from genjax.data import toy2d
@@ -137,9 +138,10 @@ class ImageSource:
         self.config = config
         self.load_split = load_split
         self.num_levels = num_levels
-        self.num_classes = num_classes if config.model.conditional else None
-        self.has_classifier = has_classifier
         self.train_images, self.train_labels = load_split("train")
+        # configs written for other data (a toy density's) have no model.conditional
+        self.num_classes = num_classes if config.model.get("conditional", False) else None
+        self.has_classifier = has_classifier
         self.data_shape = tuple(self.train_images.shape[1:])
 
     def _batch(self, key, x_int, labels):
@@ -256,5 +258,5 @@ def build_source(config):
         return _digits_source(config)
     if name.startswith("tfds:"):
         return _tfds_source(config)
-    raise ValueError(f"unknown dataset {name!r}; expected one of "
+    raise ConfigError(f"unknown dataset {name!r}; expected one of "
                      f"{sorted(TOY_DENSITIES) + ['digits']} or 'tfds:<name>'")

@@ -24,6 +24,7 @@ import numpy as np
 
 from experiments import cpu_kernels, datasets, text_corpus
 from experiments.checkpoint import Checkpointer
+from experiments.configuration import ConfigError
 from experiments.logging import read_metrics
 from genjax.autoregressive import lm as lm_lib
 from genjax.data import text
@@ -39,7 +40,7 @@ def transformer_kwargs(config) -> dict:
     build (`experiments.cpu_kernels`); the parameters are the same either way."""
     m = config.model
     if m.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={m.dtype!r}; expected one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype={m.dtype!r}; expected one of {sorted(DTYPES)}")
     return dict(
         vocab_size=text.VOCAB_SIZE, num_layers=m.num_layers, d_model=m.d_model,
         num_heads=m.num_heads, d_ff=m.d_ff or None, max_len=m.max_len, dropout=m.dropout,
@@ -62,7 +63,7 @@ def build_lm_model(config, source=None):
 
     def sample(params, key, num, *, method="ancestral", num_steps=None):
         if method != "ancestral":
-            raise ValueError(f"sample.method={method!r}; the LM samples with 'ancestral'")
+            raise ConfigError(f"sample.method={method!r}; the LM samples with 'ancestral'")
         return model.sample(params, key, num, prompt=prompt, max_new_tokens=num_steps or s.num_steps,
                             temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p or None)
 
@@ -80,7 +81,7 @@ def load_text(config, split: str) -> np.ndarray:
         return datasets.load_tfds_text(name.split(":", 1)[1], tfds_split,
                                        data_dir=config.data.get("data_dir") or None,
                                        separator=separator)
-    raise ValueError(f"unknown text dataset {name!r}; expected 'stdlib' or 'tfds:<name>'")
+    raise ConfigError(f"unknown text dataset {name!r}; expected 'stdlib' or 'tfds:<name>'")
 
 
 def training_seconds(workdir: str) -> dict:
@@ -108,7 +109,7 @@ class TextSource:
         self.config = config
         self.seq_len = config.data.seq_len
         if self.seq_len > config.model.max_len:
-            raise ValueError(f"data.seq_len={self.seq_len} exceeds model.max_len={config.model.max_len}")
+            raise ConfigError(f"data.seq_len={self.seq_len} exceeds model.max_len={config.model.max_len}")
         self.train_tokens = load_text(config, "train")
         self._validation = None
         self.data_shape = (self.seq_len + 1,)

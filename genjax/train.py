@@ -60,6 +60,9 @@ def data_key(state: TrainState) -> jax.Array:
 
 # ----------------------------------------------------------------------------- optimizer
 
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 def lr_multiplier(*, warmup_steps: int, total_steps: int, schedule: str = "cosine",
                   end_fraction: float = 0.0) -> optax.Schedule:
     """Schedule in [0, 1] that multiplies the peak learning rate: linear warmup, then
@@ -74,7 +77,7 @@ def lr_multiplier(*, warmup_steps: int, total_steps: int, schedule: str = "cosin
             [warmup_steps])
     if schedule == "constant":
         return optax.linear_schedule(0.0, 1.0, warmup_steps) if warmup_steps else optax.constant_schedule(1.0)
-    raise ValueError(f"unknown schedule {schedule!r}; expected 'cosine', 'linear' or 'constant'")
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
 
 
 def make_optimizer(

@@ -202,13 +202,15 @@ def tiny_config(name="eight_gaussians"):
 
 def test_base_run_with_another_config_is_refused(tmp_path):
     from experiments import reflow as reflow_exp
+    from experiments import run_config
 
     config = tiny_config()
-    saved = {k: reflow_exp._jsonable(config[k]) for k in reflow_exp.BASE_FIELDS}
+    saved = run_config.as_json(config, reflow_exp.BASE_FIELDS)
     saved["data"]["name"] = "checkerboard"
     with open(tmp_path / "config.json", "w") as f:
         json.dump(saved, f)
-    with pytest.raises(ValueError, match="data: run has .*checkerboard.*eight_gaussians"):
+    os.makedirs(tmp_path / "checkpoints" / "100")  # a base run that has trained
+    with pytest.raises(ValueError, match=r'data.name: "checkerboard" -> "eight_gaussians"'):
         reflow_exp.check_base_config(config, str(tmp_path))
     saved["data"]["name"] = "eight_gaussians"
     with open(tmp_path / "config.json", "w") as f:
