@@ -123,6 +123,8 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
                 if on_call is not None:
                     on_call(step, metrics, seconds)
                 if ckpt is not None and (step % checkpoint_every == 0 or step == end):
+                    if logger is not None:
+                        logger.flush()  # every step a checkpoint holds is in the logs on disk
                     ckpt.save(step, state)
         finally:
             bar.close()

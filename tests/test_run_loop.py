@@ -3,12 +3,14 @@ every signal, the log on resume, ensembles."""
 import json
 import os
 import re
+import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from configs import toy_vpsde
 from experiments import ablate, main, run_loop
@@ -237,6 +239,33 @@ def test_resumed_run_logs_each_step_once(tmp_path):
     assert [(r["step"], "loss" in r) for r in records] == [(5, True), (10, True), (10, False), (15, True),
                                                            (20, True)]
     assert int(whole.step) == 20
+    # TensorBoard: the resumed run's event file opens by purging steps >= 11, so the
+    # loss steps TensorBoard shows are the crashed run's 5, 10 and the resumed 15, 20.
+    crashed, resumed = _event_files(os.path.join(wd, "tensorboard"))
+    start = [e.step for e in resumed if e.HasField("session_log") and e.session_log.status == SessionLog.START]
+    assert start == [11]
+    shown = sorted({e.step for e in crashed if _is_loss(e) and e.step < start[0]} |
+                   {e.step for e in resumed if _is_loss(e)})
+    assert shown == [5, 10, 15, 20]
+    assert sorted(e.step for e in crashed if _is_loss(e)) == [5, 10, 15]  # 15 was logged, then purged
+
+
+def _is_loss(event) -> bool:
+    return any(v.tag == "loss" for v in event.summary.value)
+
+
+def _event_files(directory: str) -> list[list[Event]]:
+    """The events of each TensorBoard file in `directory`, oldest file first (TFRecord
+    framing: length, its CRC, the serialized Event, its CRC)."""
+    files = []
+    for name in sorted(os.listdir(directory), key=lambda n: os.path.getmtime(os.path.join(directory, n))):
+        data, events, at = open(os.path.join(directory, name), "rb").read(), [], 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            events.append(Event.FromString(data[at + 12:at + 12 + length]))
+            at += 12 + length + 4
+        files.append(events)
+    return files
 
 
 def test_a_learning_rate_that_diverges_stops_at_the_first_non_finite_signal(tmp_path):
