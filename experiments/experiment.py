@@ -132,7 +132,8 @@ class Experiment:
 
             def step(state):
                 if pending:
-                    _check_shapes(state, jax.eval_shape(self.init_state))
+                    if int(state.step) > 0:  # restored
+                        _check_shapes(state, jax.eval_shape(self.init_state))
                     state = _with_hyperparams(state, wanted)
                     if on_ready is not None:
                         on_ready(state)

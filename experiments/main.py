@@ -53,17 +53,23 @@ def train(config, workdir: str, *, stop_after: int | None = None, progress: bool
     the state is checkpointed there.
     """
     configuration.validate(config)
+    tc = config.train
+    if jax.device_count() % tc.get("fsdp", 1):
+        raise configuration.ConfigError(f"train.fsdp={tc.fsdp}; expected a divisor of the {jax.device_count()} "
+                                        f"devices (1: no parameter sharding)")
     plan = run_config.check_workdir(workdir, config, allow=allow_changes, sections=identity_sections)
     exp = Experiment(config)
     make_step = exp.checked_first_step(
         exp.compiled_train_fn, on_ready=lambda state: run_config.commit(plan, step=int(state.step)))
-    tc = config.train
     state, _ = run_loop.run(
         exp.init_state(), make_step, num_steps=tc.num_steps,
         steps_per_call=tc.steps_per_call, workdir=workdir, checkpoint_every=tc.checkpoint_every,
         keep_checkpoints=tc.keep_checkpoints, fsdp=tc.get("fsdp", 1), stop_after=stop_after,
         progress=progress, rate_metrics=_mfu_fn(exp), spike_factor=tc.get("spike_factor", 0.0),
         spike_window=tc.get("spike_window", 100))
+    if int(state.step) > tc.num_steps:
+        print(f"note: the run in {workdir} is at step {int(state.step)}, past train.num_steps={tc.num_steps}; "
+              f"nothing was trained", file=sys.stderr)
     return state
 
 

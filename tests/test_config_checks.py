@@ -134,6 +134,12 @@ def test_train_refuses_bad_values_before_creating_the_workdir(tmp_path):
     assert not wd.exists()
 
 
+def test_fsdp_must_divide_the_devices(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train.fsdp=3; expected a divisor of the \d+ devices"):
+        main.train(tiny_config({"train.fsdp": 3}), str(tmp_path / "w"), progress=False)
+    assert not (tmp_path / "w").exists()
+
+
 def _shipped_configs():
     """(file, variant) of every config in configs/, with each argument it takes."""
     variants = {"scaling_stdlib": ("default", "reduced"), "ebm_digits": ("cd",)}
@@ -232,6 +238,15 @@ def test_sample_mode_neither_rewrites_config_json_nor_needs_the_training_keys(tr
     assert _read(os.path.join(wd, run_config.CONFIG_FILE)) == saved
     assert not os.path.exists(os.path.join(wd, run_config.CHANGES_FILE))
     assert np.load(os.path.join(wd, "samples.npz"))["samples"].shape == (16, 2)
+
+
+def test_a_budget_below_the_checkpoint_trains_nothing_and_says_so(trained, capsys):
+    wd, saved = trained
+    state = main.train(tiny_config({"train.num_steps": 50}), wd, progress=False)
+    assert int(state.step) == 100
+    assert "is at step 100, past train.num_steps=50; nothing was trained" in capsys.readouterr().err
+    assert _read(os.path.join(wd, run_config.CONFIG_FILE)) == saved
+    assert not os.path.exists(os.path.join(wd, run_config.CHANGES_FILE))
 
 
 def test_sample_mode_needs_a_trained_run(tmp_path):
