@@ -233,7 +233,7 @@ def check_workdir(workdir: str, config, *, training: bool = True, allow=(), sect
     saved = saved_config(workdir)
     check_allow(allow, saved, requested)
     if not steps and not training:
-        raise ConfigError(f"no checkpoint in {workdir}; train first (--mode=train or --mode=all)")
+        raise ConfigError(f"no checkpoint in {workdir}; train it first (python -m experiments.main --mode=train)")
     accepted = {}
     if steps and saved is not None:
         accepted = check_resume(saved, requested, allow, workdir=workdir)

@@ -20,7 +20,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import base_ebm, base_gan, gan_grid25, lm_stdlib, toy_vpsde
+from configs import base_ebm, base_gan, gan_grid25, lm_stdlib, toy_reflow, toy_vpsde
 from experiments import configuration, datasets, main, run_config, sources
 from experiments.configuration import ConfigError
 from genjax import train as train_lib
@@ -250,7 +250,7 @@ def test_a_budget_below_the_checkpoint_trains_nothing_and_says_so(trained, capsy
 
 
 def test_sample_mode_needs_a_trained_run(tmp_path):
-    with pytest.raises(ConfigError, match=r"^no checkpoint in .*; train first"):
+    with pytest.raises(ConfigError, match=r"^no checkpoint in .*; train it first"):
         main.check_run(tiny_config(), str(tmp_path / "w"))
 
 
@@ -337,6 +337,23 @@ def test_config_json_without_checkpoints_is_replaced_and_checkpoints_without_it_
     assert json.loads((wd / run_config.CONFIG_FILE).read_text()) == run_config.as_json(tiny_config())
     with pytest.raises(ConfigError, match="never rewritten"):
         run_config.write_identity(str(wd), {"seed": 1})
+
+
+def test_stage_checkpoints_in_subdirectories_bind_a_reflow_workdir(tmp_path):
+    """experiments.reflow keeps each stage's checkpoints in <workdir>/<stage>: they
+    bind the workdir's config.json as a run's own checkpoints do; any section named
+    train has the keys that may change."""
+    wd = str(tmp_path)
+    run_config.write_identity(wd, run_config.as_json(toy_reflow.get_config()))
+    os.makedirs(os.path.join(wd, "reflow", "checkpoints", "3000"))
+    changed = toy_reflow.get_config()
+    changed.reflow.num_pairs = 100
+    changed.reflow.train.num_steps = 6000
+    with pytest.raises(ConfigError) as info:
+        run_config.check_workdir(wd, changed)
+    lines = str(info.value).splitlines()
+    assert "  reflow.num_pairs: 20000 -> 100" in lines
+    assert not any("reflow.train.num_steps" in line for line in lines[1:-1])
 
 
 # ----------------------------------------------------------------------------- TFDS data
