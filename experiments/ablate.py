@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import configuration, plots, run_loop
+from experiments import configuration, plots, run_config, run_loop
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
 from experiments.ensemble import ensemble_runner
 from experiments.experiment import Experiment
@@ -222,6 +222,7 @@ def main(argv):
     del argv
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
     configuration.validate(config)
+    run_config.check_directory(workdir)
     try:
         sweeps = parse_sweeps(config, _SWEEP.value)
     except ValueError as err:

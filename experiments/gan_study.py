@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from experiments import ablate, configuration, plots  # ablate defines --seeds and --strategy
+from experiments import ablate, configuration, plots, run_config  # ablate defines --seeds and --strategy
 from experiments import main as main_lib  # defines --config (with overrides), --workdir, --num
 from experiments.experiment import Experiment
 
@@ -139,6 +139,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
     configuration.validate(config)
+    run_config.check_directory(workdir)
     os.makedirs(workdir, exist_ok=True)
     num = main_lib.NUM_SAMPLES.value or config.sample.num
     result = gan_study(config, workdir, ablate._SEEDS.value, ablate._STRATEGY.value, num, _FIGURE.value)

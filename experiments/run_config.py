@@ -205,6 +205,14 @@ def checkpoint_steps(workdir: str) -> list:
     return sorted(steps, reverse=True)
 
 
+def check_directory(workdir) -> None:
+    """Raises ConfigError unless `workdir` is set and is a directory or can become one."""
+    if workdir is None:
+        raise ConfigError("--workdir is not set; expected a directory for the run's checkpoints and files")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir} is a file; expected a directory (existing, or one to create)")
+
+
 class Plan(NamedTuple):
     """What a start in a workdir found, for `commit` once the run is built."""
     workdir: str
@@ -223,10 +231,7 @@ def check_workdir(workdir: str, config, *, training: bool = True, allow=(), sect
     checkpoint and nothing will train, or when the config differs from the saved
     one (`check_resume`). `sections`: the top-level keys that make the run's
     identity (default all). Pass the Plan to `commit` once the run is built."""
-    if workdir is None:
-        raise ConfigError("--workdir is not set; expected a directory for the run's checkpoints and files")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir={workdir} is a file; expected a directory (existing, or one to create)")
+    check_directory(workdir)
     allow = tuple(a for a in allow if a)
     requested = as_json(config, sections)
     steps = checkpoint_steps(workdir)

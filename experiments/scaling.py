@@ -41,7 +41,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import configuration, plots, run_loop  # plots sets the headless backend
+from experiments import configuration, plots, run_config, run_loop  # plots sets the headless backend
 from experiments.text_corpus import read_stdlib_corpus
 from genjax import scaling
 from genjax import train as train_lib
@@ -494,6 +494,7 @@ def main(argv):
     del argv
     config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
     configuration.validate(config)
+    run_config.check_directory(workdir)
     t0 = time.perf_counter()
     _, _, table = study(config, workdir, fit_only=_FLAGS["fit_only"].value, log=lambda s: print(s, flush=True))
     print(table)
