@@ -249,12 +249,16 @@ class Checkpointer:
 
     def save(self, step: int, state) -> None:
         """Saves `state` at `step`, waits until orbax has committed it, then records
-        the checksums of its files (process 0, which finalizes the step)."""
+        the checksums of its files (process 0, which finalizes the step). Every
+        process of a multi-process run calls it (orbax's save is collective) and
+        returns only once the checksums are written: a process that went on to open
+        the workdir before that would take the step for an interrupted save."""
         state = jax.device_get(state)
         self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
         self._manager.wait_until_finished()
         if jax.process_index() == 0:
             write_checksums(os.path.join(self.directory, str(int(step))), int(step))
+        _sync_processes("saved")
         self._verdicts[int(step)] = None
 
     def restore(self, template, step: int | None = None):

@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import configuration, registry, run_config, run_loop
+from experiments import configuration, distributed, registry, run_config, run_loop
 from experiments.experiment import Experiment
 from experiments.logging import MetricsLogger
 from genjax import train as train_lib
@@ -35,7 +35,19 @@ ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
     "--workdir when it resumes, e.g. optim.learning_rate,model.dropout; each change is recorded in "
     "config_changes.jsonl (experiments.run_config lists the keys that may change without it).")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU jobs).")
+    "distributed", False, "Start JAX's multi-process runtime first (experiments.distributed): from "
+    "--coordinator, --num_processes and --process_id, or without them from the cluster's environment "
+    "(SLURM, Open MPI, Cloud TPU).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "With --distributed: HOST:PORT where process 0 listens, the same on every "
+    "process (one machine: 127.0.0.1 and a free port); default $JAX_COORDINATOR_ADDRESS.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index, 0..num_processes-1; process 0 "
+    "writes the run's logs, plots, samples and evaluation.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids", None, "With --distributed: the indices of this machine's devices that this "
+    "process uses (e.g. 0,1); default all of them, or $JAX_LOCAL_DEVICE_IDS.")
 
 
 def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True,
@@ -104,9 +116,10 @@ def sample(config, workdir: str):
     kwargs = {**sampler_kwargs(config), **exp.model_kwargs(state)}
     fn = jax.jit(lambda p, k: exp.model.sample(p, k, config.sample.num, **kwargs))
     samples = np.asarray(fn(state.ema_params, jax.random.fold_in(exp.key, 11)))
-    np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
-    exp.source.plot_samples(os.path.join(workdir, "samples.png"), samples,
-                            title=f"{config.model.get('sde', config.family)}, {config.sample.method} sampler")
+    if distributed.is_writer():  # every process draws the same samples; process 0 saves them
+        np.savez(os.path.join(workdir, "samples.npz"), samples=samples)
+        exp.source.plot_samples(os.path.join(workdir, "samples.png"), samples,
+                                title=f"{config.model.get('sde', config.family)}, {config.sample.method} sampler")
     return samples
 
 
@@ -115,25 +128,52 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True):
     exp, state = _restore(config, workdir)
     if samples is None and os.path.exists(os.path.join(workdir, "samples.npz")):
         samples = np.load(os.path.join(workdir, "samples.npz"))["samples"]
+    writer = distributed.is_writer()  # every process computes the same numbers; process 0 writes them
     result = exp.source.evaluate(exp.model, state.ema_params, workdir, samples=samples,
-                                 heatmap=heatmap, log_prob_kwargs=exp.log_prob_kwargs(state))
+                                 heatmap=heatmap and writer, log_prob_kwargs=exp.log_prob_kwargs(state))
     note = exp.likelihood_note()
     if note is not None:
         result["no_likelihood"] = note
     result["step"] = int(state.step)
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    logger = MetricsLogger(workdir)
-    logger.write(int(state.step), result, prefix="eval/")
-    logger.close()
+    if writer:
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        logger = MetricsLogger(workdir)
+        logger.write(int(state.step), result, prefix="eval/")
+        logger.close()
     return result
+
+
+def start_distributed() -> None:
+    """With --distributed, starts the multi-process runtime from the explicit flags
+    or the cluster's environment (before any other JAX call). A bad or incomplete
+    set of flags, or one given without --distributed, exits with code 2 and one
+    line naming the value and what was expected."""
+    explicit = {"--coordinator": _COORDINATOR.value, "--num_processes": _NUM_PROCESSES.value,
+                "--process_id": _PROCESS_ID.value, "--local_device_ids": _LOCAL_DEVICE_IDS.value}
+    try:
+        if not _DISTRIBUTED.value:
+            given = [f"{name}={value}" for name, value in explicit.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} given without --distributed; add --distributed to "
+                                 f"run as one of several processes, or drop them")
+            return
+        try:
+            device_ids = [int(i) for i in _LOCAL_DEVICE_IDS.value or ()]
+        except ValueError:
+            raise ValueError(f"--local_device_ids={','.join(_LOCAL_DEVICE_IDS.value)}; expected "
+                             f"comma-separated device indices, e.g. 0,1") from None
+        distributed.initialize(coordinator=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value, local_device_ids=device_ids or None)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()  # reads the coordinator from the cluster environment
+    start_distributed()
     config, workdir = _CONFIG.value, _WORKDIR.value
     if _MODE.value in ("train", "all"):
         t0 = time.perf_counter()

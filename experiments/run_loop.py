@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from experiments import plots
+from experiments import distributed, plots
 from experiments.checkpoint import Checkpointer
 from experiments.logging import MetricsLogger, read_metrics
 from genjax import train as train_lib
@@ -63,8 +63,9 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
     cut metrics.jsonl and TensorBoard back to the steps that checkpoint had done and
     append from there (so after any number of crashes and resumes each step is
     logged once), checkpoint every `checkpoint_every` steps and at the end, and
-    plot loss.png. None: nothing is read or written (an ablation's members, a
-    scaling run).
+    plot loss.png; in a multi-process run every process checkpoints (orbax
+    coordinates them) and process 0 alone logs and plots. None: nothing is read
+    or written (an ablation's members, a scaling run).
     stop_after: stop once this many steps are done (simulates an interruption; the
     state is checkpointed there).
     guard: stop with FloatingPointError at the first step with a non-finite loss,
@@ -90,7 +91,7 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
             if restored is not None:
                 state = restored
         start = int(np.ravel(jax.device_get(state.step))[0]) if hasattr(state, "step") else 0
-        if workdir is not None:
+        if workdir is not None and distributed.is_writer():  # the others compute the same metrics
             logger = MetricsLogger(workdir, resume_step=start)
         mesh = None
         if place:
