@@ -35,6 +35,7 @@ import warnings
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 CHECKSUM_FILE = "checksums.json"
 CHECKSUM_FORMAT = "genjax-checkpoint-checksums/1"
@@ -155,6 +156,16 @@ def _sync_processes(what: str) -> None:
         ocp.multihost.sync_global_processes(f"genjax_checkpoints_{what}_{next(_barriers)}")
 
 
+def _to_host(leaf):
+    """A host (numpy) copy of a state leaf, so that a checkpoint restores under any
+    device count and process count. A leaf sharded over the devices of several
+    processes (FSDP across hosts) is gathered first, in every process (a
+    collective: each process passes the leaves in the same order)."""
+    if isinstance(leaf, jax.Array) and not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+        return multihost_utils.process_allgather(leaf, tiled=True)
+    return jax.device_get(leaf)
+
+
 class Checkpointer:
     """Saves and restores a training state pytree under `<workdir>/checkpoints`.
 
@@ -253,7 +264,7 @@ class Checkpointer:
         process of a multi-process run calls it (orbax's save is collective) and
         returns only once the checksums are written: a process that went on to open
         the workdir before that would take the step for an interrupted save."""
-        state = jax.device_get(state)
+        state = jax.tree_util.tree_map(_to_host, state)
         self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
         self._manager.wait_until_finished()
         if jax.process_index() == 0:

@@ -164,6 +164,23 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(runs, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
+def test_parameters_sharded_over_two_processes_train_as_one(tmp_path):
+    """train.fsdp=2 on two processes of one device each shards every parameter
+    across the processes; each checkpoint gathers the shards (in every process)
+    into one host copy. Against one process of two devices with the same
+    ("data", "fsdp") mesh: bit-identical losses and state (each reduction adds
+    two numbers, as in the unsharded case)."""
+    two, one = tmp_path / "two_processes", tmp_path / "one_process"
+    fsdp = "--config.train.fsdp=2"
+    _run_concurrently([(c + [fsdp], 1) for c in _distributed_commands(two, 10, 2)]
+                      + [(_main_command(one, 10, fsdp), 2)])
+    assert _records(two) and [(r["step"], r["loss"]) for r in _records(two)] == [
+        (r["step"], r["loss"]) for r in _records(one)]
+    for a, b in zip(_leaves(two, 10), _leaves(one, 10)):
+        np.testing.assert_array_equal(a, b)
+
+
 # experiments.main with process 0's checksum write delayed: a process that opened
 # the workdir before the checksums of the final checkpoint exist would take that
 # step for an interrupted save, and sampling would fail in that process only.
