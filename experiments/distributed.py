@@ -76,7 +76,8 @@ def initialize(*, coordinator: str | None = None, num_processes: int | None = No
                process_id: int | None = None, local_device_ids: Sequence[int] | None = None,
                initialization_timeout: int = 300) -> None:
     """Starts JAX's distributed runtime (before any other JAX call): with the
-    explicit arguments, or, all None, from the cluster's environment.
+    explicit arguments and nothing detected, or, all None, from the cluster's
+    environment.
 
     initialization_timeout: seconds to wait for every process to connect to the
     coordinator before failing (instead of hanging on a process that never starts)."""
@@ -86,6 +87,10 @@ def initialize(*, coordinator: str | None = None, num_processes: int | None = No
         jax.distributed.initialize(
             coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
             local_device_ids=list(local_device_ids) if local_device_ids else None,
+            # explicit arguments are the whole truth: inside a SLURM job or a
+            # Kubernetes pod, detection would otherwise still fill in the devices
+            # (one per process) that the arguments left out
+            cluster_detection_method="deactivate" if explicit else None,
             initialization_timeout=initialization_timeout)
     except ValueError as err:
         if explicit:

@@ -276,13 +276,17 @@ def test_no_flags_means_cluster_detection():
 
 
 def test_command_line_exits_2_naming_the_bad_flag(tmp_path):
-    """Checked before JAX starts: one line on stderr, exit code 2, nothing written."""
+    """Checked before JAX starts (or, without a cluster to detect, as it starts):
+    one line on stderr, exit code 2, nothing written."""
     for extra, message in [
         (["--distributed", "--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=5"],
          "error: --process_id=5; expected 0..1"),
         (["--num_processes=2", "--process_id=0"], "without --distributed"),
+        (["--distributed"], "error: --distributed found no cluster environment"),
     ]:
-        proc = subprocess.run(_main_command(tmp_path / "w", 10, *extra), cwd=REPO, env=_child_env(1),
+        env = {k: v for k, v in _child_env(1).items()  # no cluster for JAX to detect
+               if not k.startswith(("SLURM_", "OMPI_", "KUBERNETES_", "TPU_"))}
+        proc = subprocess.run(_main_command(tmp_path / "w", 10, *extra), cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
