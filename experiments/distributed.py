@@ -19,8 +19,10 @@ Where the processes meet:
 Who writes: process 0 alone writes what is one file per run (config.json,
 metrics.jsonl and TensorBoard events, plots, samples, eval.json); see
 `is_writer`. Checkpoints are the exception: every process calls orbax's save
-and restore, which coordinates them itself (process 0 writes the metadata and
-commits the step; each process writes the array shards it holds).
+and restore, which are collective (`experiments.checkpoint`). The state is saved
+as one host copy (a leaf sharded over several processes is gathered first), so
+process 0 writes the data, the metadata and the checksums, and the checkpoint
+restores under any number of processes and devices.
 """
 import os
 from typing import Sequence
