@@ -41,9 +41,10 @@ def _newest_step(checkpoints: str) -> int:
     return max(steps, default=0)
 
 
-def _saving(checkpoints: str) -> bool:
-    """Whether orbax is writing a step: its temporary directory exists."""
-    return os.path.isdir(checkpoints) and any("orbax-checkpoint-tmp" in n for n in os.listdir(checkpoints))
+def _temporary(checkpoints: str) -> set:
+    """orbax's temporary directories: a step being written, or left by a kill and
+    not yet cleaned up by the next launch."""
+    return {n for n in os.listdir(checkpoints) if "orbax-checkpoint-tmp" in n} if os.path.isdir(checkpoints) else set()
 
 
 def _wait(proc, condition, timeout: float = 120.0) -> bool:
@@ -80,6 +81,7 @@ def _kill_and_resume(tmp_path, *, num_kills: int, num_steps: int, seed: int):
     landed = []
     for launch in range(num_kills + 1):
         log = open(tmp_path / f"launch{launch}.log", "w")
+        left_over = _temporary(checkpoints)
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             if launch == num_kills:
@@ -93,7 +95,7 @@ def _kill_and_resume(tmp_path, *, num_kills: int, num_steps: int, seed: int):
                 before = _newest_step(checkpoints)
                 alive = _wait(proc, lambda: _newest_step(checkpoints) > before)
                 if moment == "in a save":
-                    alive = alive and _wait(proc, lambda: _saving(checkpoints))
+                    alive = alive and _wait(proc, lambda: bool(_temporary(checkpoints) - left_over))
                 else:
                     time.sleep(rng.uniform(0.0, 0.3))
             assert alive and proc.poll() is None, (
@@ -101,9 +103,10 @@ def _kill_and_resume(tmp_path, *, num_kills: int, num_steps: int, seed: int):
                 + (tmp_path / f"launch{launch}.log").read_text()[-3000:])
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            # orbax removes its temporary directory when a save completes: still there, the kill cut a save
-            landed.append("in a save" if _saving(checkpoints) else
-                          "right after a save" if moment == "in a save" else moment)
+            # orbax renames its temporary directory when a save completes: a new one still
+            # there means the kill cut a save
+            cut_a_save = bool(_temporary(checkpoints) - left_over)
+            landed.append("in a save" if cut_a_save else "right after a save" if moment == "in a save" else moment)
         finally:
             if proc.poll() is None:
                 proc.kill()
