@@ -132,12 +132,19 @@ def prepare_argv(argv, flag: str = "config") -> list:
 
 def reporting_errors(main_fn):
     """`main_fn` (an absl main) with a ConfigError turned into `exit_with`: one line
-    per problem and exit code 2, no traceback."""
+    per problem and exit code 2, no traceback; a run that cannot resume (no intact
+    checkpoint) or that diverged exits 1 with its one message."""
+    from experiments.checkpoint import CheckpointError  # the glue's run errors, not config ones
+
     def main(argv):
         try:
             return main_fn(argv)
         except ConfigError as err:
             exit_with(err)
+        except (CheckpointError, FloatingPointError) as err:
+            # no intact checkpoint, or a diverged run: the message is the whole story
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(1)
 
     return main
 

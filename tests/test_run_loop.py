@@ -291,3 +291,21 @@ def test_a_learning_rate_that_diverges_stops_at_the_first_non_finite_signal(tmp_
     _, state = main._restore(config, wd)
     assert int(state.step) == newest
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves((state.params, state.opt_state)))
+
+
+def test_the_command_line_reports_a_diverged_run_in_one_line(tmp_path):
+    """The same diverging run through `python -m experiments.main`: exit code 1 and the
+    guard's message as one `error:` line, no traceback."""
+    import subprocess
+    import sys
+    args = [sys.executable, "-m", "experiments.main", "--config=configs/toy_vpsde.py",
+            f"--workdir={tmp_path}", "--mode=train", "--config.model.hidden=(32,32)",
+            "--config.data.batch_size=128", "--config.optim.learning_rate=300.0",
+            "--config.optim.schedule=constant", "--config.optim.warmup_steps=0",
+            "--config.train.num_steps=40", "--config.train.steps_per_call=1",
+            "--config.train.checkpoint_every=1"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert re.search(r"^error: .* at step \d+; stopping without saving", done.stderr, re.M), done.stderr
