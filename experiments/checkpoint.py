@@ -37,6 +37,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from experiments.logging import write_atomically
+
 CHECKSUM_FILE = "checksums.json"
 CHECKSUM_FORMAT = "genjax-checkpoint-checksums/1"
 DAMAGED_DIR = "checkpoints_damaged"
@@ -93,13 +95,7 @@ def write_checksums(step_dir: str, step: int) -> None:
     if not files:
         raise CheckpointError(f"checkpoint step {step} in {step_dir} has no files to checksum")
     record = {"format": CHECKSUM_FORMAT, "step": int(step), "files": files}
-    final = os.path.join(step_dir, CHECKSUM_FILE)
-    temporary = f"{final}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, final)
+    write_atomically(os.path.join(step_dir, CHECKSUM_FILE), json.dumps(record, indent=1, sort_keys=True))
     _fsync_dir(step_dir)
 
 

@@ -63,6 +63,17 @@ class MetricsLogger:
         self._tb.close()
 
 
+def write_atomically(path: str, text: str) -> None:
+    """Replaces `path` with `text` in one rename (temporary file, fsync, rename), so a
+    reader, or a crash, sees the old file or the whole new one, never a mix."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
 def keep_records_through(path: str, step: int) -> int:
     """Rewrites the JSON-lines log at `path` with only its records of steps <= step
     (training and evaluation records alike) and drops a line cut short by a crash;
@@ -87,12 +98,7 @@ def keep_records_through(path: str, step: int) -> int:
                 dropped += 1
     if not dropped and not unterminated:
         return 0
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, "".join(kept))
     return dropped
 
 

@@ -46,6 +46,7 @@ from typing import NamedTuple
 import ml_collections
 
 from experiments.configuration import ConfigError, flatten
+from experiments.logging import write_atomically
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
@@ -246,15 +247,6 @@ def check_workdir(workdir: str, config, *, training: bool = True, allow=(), sect
                 accepted=accepted, allow=allow, newest_step=steps[0] if steps else None)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_identity(workdir: str, requested: dict) -> None:
     """Writes config.json (atomically). Only for a workdir without checkpoints, or one
     whose checkpoints have no config.json yet: the identity of a run is never rewritten."""
@@ -262,7 +254,7 @@ def write_identity(workdir: str, requested: dict) -> None:
         raise ConfigError(f"{os.path.join(workdir, CONFIG_FILE)} describes the checkpoints of the run "
                           f"there and is never rewritten; record changes with record_changes")
     os.makedirs(workdir, exist_ok=True)
-    _write_atomic(os.path.join(workdir, CONFIG_FILE), json.dumps(requested, indent=2) + "\n")
+    write_atomically(os.path.join(workdir, CONFIG_FILE), json.dumps(requested, indent=2) + "\n")
 
 
 def record_changes(workdir: str, accepted: dict, *, allow=(), step: int | None = None) -> dict:
@@ -286,7 +278,7 @@ def record_changes(workdir: str, accepted: dict, *, allow=(), step: int | None =
     old_text = open(path).read() if os.path.exists(path) else ""
     if old_text and not old_text.endswith("\n"):
         old_text += "\n"
-    _write_atomic(path, old_text + json.dumps(record) + "\n")
+    write_atomically(path, old_text + json.dumps(record) + "\n")
     return record
 
 

@@ -42,6 +42,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import configuration, plots, run_config, run_loop  # plots sets the headless backend
+from experiments.logging import write_atomically
 from experiments.text_corpus import read_stdlib_corpus
 from genjax import scaling
 from genjax import train as train_lib
@@ -202,12 +203,7 @@ def load_results(workdir: str) -> dict:
 
 
 def save_json_atomic(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # readers see the old file or the whole new one
+    write_atomically(path, json.dumps(data, indent=1))
 
 
 def sweep(config, workdir: str, *, corpus: dict | None = None, log=print) -> list[dict]:
