@@ -17,6 +17,7 @@ from genjax import metrics, train
 from genjax.data import toy2d
 from genjax.gan import losses, nets
 from genjax.gan import model as gan_model
+from tests import gan_testing
 
 
 def softplus(a):
@@ -306,27 +307,12 @@ def test_a_short_wgan_gp_run_on_ring8_finds_the_modes():
 # ----------------------------------------------------------------------------- glue
 
 
-def _tiny_config(loss="wgan_gp"):
-    from configs import gan_ring8
-
-    config = gan_ring8.get_config(loss)
-    config.unlock()
-    config.model.generator_hidden = (32, 32)
-    config.model.critic_hidden = (32, 32)
-    config.data.batch_size = 32
-    config.train.num_steps = 20
-    config.train.steps_per_call = 10
-    config.train.checkpoint_every = 20
-    config.sample.num = 200
-    return config
-
-
 def test_every_group_schedule_spans_the_run_in_train_steps():
     # The critic makes n_critic = 2 updates per step; its cosine schedule must end at
     # the last train step, as the generator's does, not halfway through the run.
     from experiments.experiment import make_optimizers
 
-    config = _tiny_config()  # 20 steps, cosine from 4e-3, no warmup
+    config = gan_testing.tiny_gan_config()  # 20 steps, cosine from 4e-3, no warmup
     tx, lr_fn = make_optimizers(config, ("critic", "generator"), (("critic", 2), ("generator", 1)))
     params = {"w": jnp.zeros(3)}
     for group, updates_per_step in (("critic", 2), ("generator", 1)):
@@ -344,7 +330,7 @@ def test_every_group_schedule_spans_the_run_in_train_steps():
 def test_main_trains_samples_and_reports_mode_metrics(tmp_path):
     from experiments import main
 
-    config = _tiny_config()
+    config = gan_testing.tiny_gan_config()
     main.train(config, str(tmp_path), progress=False)
     samples = main.sample(config, str(tmp_path))
     assert samples.shape == (200, 2)

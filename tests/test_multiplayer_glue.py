@@ -6,24 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import gan_ring8
 from experiments import ablate, configuration, main, run_loop
+from tests import gan_testing
 
 
 def tiny_gan(**model):
-    config = gan_ring8.get_config("wgan_gp")
-    config.unlock()
-    config.model.generator_hidden = (16, 16)
-    config.model.critic_hidden = (16, 16)
-    config.model.n_critic = 5
-    config.model.gp_weight = 10.0
-    for name, value in model.items():
-        config.model[name] = value
-    config.data.batch_size = 32
-    config.train.num_steps = 20
-    config.train.steps_per_call = 5
-    config.train.checkpoint_every = 10
-    return config
+    """Five critic updates per generator update (the paper's n_critic), lambda = 10."""
+    return gan_testing.tiny_gan_config(hidden=(16, 16), steps_per_call=5, checkpoint_every=10,
+                                       n_critic=5, gp_weight=10.0, **model)
 
 
 def _leaves(state):
