@@ -367,6 +367,7 @@ def make_train_fn(
     grad_accum_steps: int = 1,
     update_schedule: Sequence[tuple[str, int]] | None = None,
     ema_groups: Sequence[str] | None = None,
+    ema_bias_correction: bool = True,
 ) -> Callable:
     """Returns train_fn(state, batches=None) -> (state, metrics), pure and jittable.
 
@@ -395,7 +396,11 @@ def make_train_fn(
     left. Update j of step s has the key fold_in(step key, j) and the batch
     batch_fn(data_key, s * U + j) (host-fed `batches` then have shape
     (steps_per_call, U, ...)); with U = 1 these are the single-loss key and batch.
-    The EMA is kept for `ema_groups` (default: every group); the other groups'
+    The EMA of the parameters is bias-corrected (`ema_bias_correction`, see
+    `ema_weight`): after t updates it is the average of the t parameter values
+    with weights proportional to ema_decay^(t - i), so a short run's EMA is not
+    pulled toward the initialisation. The EMA is kept for `ema_groups` (default:
+    every group); the other groups'
     `ema_params` are copies of their parameters, so `sample(ema_params, ...)`
     needs no special case. Metrics of group g are named "g/loss", "g/grad_norm",
     "g/learning_rate", "g/<metric>" (means over g's updates in the round); "loss"
@@ -538,7 +543,8 @@ def make_train_fn(
                 metrics.update({f"{group}/{name}": value for name, value in group_metrics.items()})
             metrics["loss"] = sum(losses)
             metrics["grad_norm"] = jnp.sqrt(sum(n**2 for n in norms))
-        ema = _ema(state.ema_params, new_state.params, ema_decay, ema_groups if grouped else None)
+        decay = ema_decay_at(ema_decay, state.step + 1) if ema_bias_correction else ema_decay
+        ema = _ema(state.ema_params, new_state.params, decay, ema_groups if grouped else None)
         ema = _constrain(ema, mesh)
         return new_state._replace(step=state.step + 1, ema_params=ema), metrics
 
@@ -583,6 +589,19 @@ def all_finite(tree) -> jax.Array:
 def _apply(optimizer, grads, opt_state, params):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
+
+
+def ema_decay_at(decay, t):
+    """The decay of the t-th update (t >= 1) of a bias-corrected EMA.
+
+    Adam's correction (Kingma & Ba 2015, Alg. 1) of an average started at zero,
+    m_t = d m_{t-1} + (1 - d) p_t, is m_t / (1 - d^t): the average of p_1..p_t
+    with weights proportional to d^(t - i). The same average, kept directly, is
+    e_t = d_t e_{t-1} + (1 - d_t) p_t with d_t = (d - d^t) / (1 - d^t): d_1 = 0
+    (e_1 = p_1, whatever e_0 is) and d_t -> d as t grows."""
+    decay = jnp.asarray(decay, jnp.float32)
+    power = decay ** jnp.asarray(t, jnp.float32)
+    return jnp.where(power < 1.0, (decay - power) / jnp.maximum(1.0 - power, 1e-30), 0.0)
 
 
 def _ema(ema_params, params, decay, ema_groups):

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from genjax import train
@@ -164,3 +165,38 @@ def test_ensemble_strategies_agree_with_vmap(strategy):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="unknown ensemble strategy 'pmap'"):
         train.make_ensemble_fn(train_fn, "pmap")
+
+
+def _ema_after(values, decay, correct=True):
+    """The EMA a train step keeps of a parameter that takes `values` (one per step):
+    an SGD(1) step on loss -v*p adds v, so p_t = p_0 + v_1 + ... + v_t; the values are
+    chosen so that p_t is values[t - 1]."""
+    values = jnp.asarray(values, jnp.float32)
+    increments = jnp.diff(values, prepend=0.0)
+    tx = optax.sgd(1.0)
+    state = train.init_state(lambda k, b: {"p": jnp.zeros(())}, tx, jax.random.key(0), None)
+    loss = lambda params, key, step: (-increments[step] * params["p"], {})  # noqa: E731
+    fn = jax.jit(train.make_train_fn(loss, tx, steps_per_call=len(values), ema_decay=decay,
+                                     batch_fn=lambda k, i: i, ema_bias_correction=correct))
+    out, _ = fn(state)
+    np.testing.assert_allclose(float(out.params["p"]), float(values[-1]), rtol=1e-5, atol=1e-5)  # float32 sums
+    return float(out.ema_params["p"])
+
+
+def test_bias_corrected_ema_of_a_constant_is_the_constant_from_the_first_step():
+    # the initial parameter (0) gets no weight: after one step the EMA is the value itself
+    for t in (1, 2, 10):
+        assert _ema_after([3.0] * t, 0.999) == pytest.approx(3.0, rel=1e-5)
+    # without the correction a 10-step EMA at decay 0.999 is still 99% the initial 0
+    assert _ema_after([3.0] * 10, 0.999, correct=False) == pytest.approx(3.0 * (1 - 0.999**10), rel=1e-4)
+
+
+def test_bias_corrected_ema_is_adams_corrected_average():
+    # Kingma & Ba 2015, Alg. 1: m_t = d m_{t-1} + (1 - d) p_t from m_0 = 0, divided by 1 - d^t
+    values = np.random.default_rng(0).normal(size=12)
+    for decay in (0.0, 0.5, 0.9, 0.999):
+        m = 0.0
+        for p in values:
+            m = decay * m + (1 - decay) * p
+        expected = m / (1 - decay ** len(values))
+        assert _ema_after(values, decay) == pytest.approx(expected, rel=1e-4, abs=1e-5)
