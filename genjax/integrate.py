@@ -11,6 +11,7 @@ carry a leading batch axis and `t` a scalar. Integration may run backwards in ti
 """
 from typing import Callable
 
+import chex
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -175,6 +176,8 @@ def hutchinson_probes(key, x: jax.Array, num_probes: int = 1, kind: str = "radem
 def _probe_products(fn: Callable, x: jax.Array, probes: jax.Array | None):
     """fn(x), the probes v (basis vectors when probes is None) and J v for each."""
     fx, jvp_fn = jax.linearize(fn, x)
+    # A field of another shape than its state would broadcast against the probes.
+    chex.assert_equal_shape([fx, x], custom_message="vector field output vs state")
     v = _basis_probes(x) if probes is None else probes
     return fx, v, jax.vmap(jvp_fn)(v)
 
@@ -212,6 +215,14 @@ def value_divergence_and_frobenius(fn: Callable, x: jax.Array, probes: jax.Array
     return fx, reduce(trace_terms), reduce(frob_terms)
 
 
+def _per_example_base(base_log_prob: Callable, z: jax.Array) -> jax.Array:
+    """base_log_prob(z), asserted to be one value per example: an (N, 1) result
+    would broadcast against the (N,) divergence integral into an (N, N) array."""
+    log_p_N = base_log_prob(z)
+    chex.assert_shape(log_p_N, z.shape[:1], custom_message="base_log_prob(z)")
+    return log_p_N
+
+
 def ode_log_likelihood(
     key,
     vector_field: Callable,
@@ -241,7 +252,7 @@ def ode_log_likelihood(
         return value_and_divergence(lambda y: vector_field(y, t), state[0], probes)
 
     (z, delta), nfe = solve_ode(augmented, (x, jnp.zeros(x.shape[0], x.dtype)), t0, t1, **solver_kwargs)
-    return base_log_prob(z) + delta, z, nfe
+    return _per_example_base(base_log_prob, z) + delta, z, nfe
 
 
 def ode_log_likelihood_and_regularizers(
@@ -280,4 +291,4 @@ def ode_log_likelihood_and_regularizers(
 
     zeros = jnp.zeros(x.shape[0], x.dtype)
     (z, delta, kinetic, frob), nfe = solve_ode(augmented, (x, zeros, zeros, zeros), t0, t1, **solver_kwargs)
-    return base_log_prob(z) + delta, z, nfe, kinetic, frob
+    return _per_example_base(base_log_prob, z) + delta, z, nfe, kinetic, frob

@@ -1,6 +1,7 @@
 """Tests for genjax.flows.bijectors: invertibility and log-dets against the Jacobian."""
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,18 +31,16 @@ def check_bijection(forward, inverse, x, y):
     """inverse(forward(x)) = x, forward(inverse(y)) = y, log-dets agree with the Jacobian."""
     forward, inverse = jax.jit(forward), jax.jit(inverse)
     fx, ld_fwd = forward(x)
-    x_back, ld_inv = inverse(fx)
-    np.testing.assert_allclose(x_back, x, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(ld_inv, -ld_fwd, atol=ATOL, rtol=RTOL)
-    assert ld_fwd.shape == (x.shape[0],)
-
+    chex.assert_shape(ld_fwd, (x.shape[0],))
+    # Each round trip returns (input, minus the log-det): one pytree comparison.
+    chex.assert_trees_all_close(inverse(fx), (x, -ld_fwd), atol=ATOL, rtol=RTOL)
     iy, ld_iy = inverse(y)
-    y_back, ld_fy = forward(iy)
-    np.testing.assert_allclose(y_back, y, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(ld_fy, -ld_iy, atol=ATOL, rtol=RTOL)
-
-    np.testing.assert_allclose(ld_fwd, jacobian_log_dets(forward, x), atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(ld_iy, jacobian_log_dets(inverse, y), atol=ATOL, rtol=RTOL)
+    chex.assert_trees_all_close(forward(iy), (y, -ld_iy), atol=ATOL, rtol=RTOL)
+    chex.assert_trees_all_close(
+        (ld_fwd, ld_iy),
+        (jacobian_log_dets(forward, x), jacobian_log_dets(inverse, y)),
+        atol=ATOL, rtol=RTOL,
+    )
 
 
 def module_fns(module, params):
@@ -83,9 +82,6 @@ def test_logit_inverts_and_matches_jacobian():
     y = 3.0 * normal(1, (4, *event))
     b = Logit(event, alpha=0.05)
     check_bijection(b.forward_and_log_det, b.inverse_and_log_det, x, y)
-    # Closed form at the boundary: x = 0 maps to logit(alpha).
-    y0, _ = b.forward_and_log_det(jnp.zeros((1, *event)))
-    np.testing.assert_allclose(y0, np.log(0.05 / 0.95), rtol=1e-6)
 
 
 def test_squeeze_moves_2x2_blocks_to_channels_and_inverts():
@@ -135,21 +131,36 @@ def test_spline_maps_interval_onto_itself_monotonically():
     assert float(jnp.max(jnp.abs(y - grid))) > 0.1
 
 
-def test_spline_is_identity_outside_the_interval():
-    x = jnp.array([-10.0, -BOUND - 1e-3, BOUND + 1e-3, 7.5])
-    params = spline_params(1, x.shape)
-    for inverse in (False, True):
-        y, log_det = spline(x, params, inverse=inverse)
-        np.testing.assert_array_equal(y, x)
-        np.testing.assert_array_equal(log_det, 0.0)
+class ClosedFormTest(chex.TestCase):
+    """Closed-form values, each checked with the map under `jax.jit` and run eagerly
+    (`chex.variants`): the two paths trace differently (static shapes and Python
+    branches at trace time, op-by-op dispatch eagerly) and must agree with the formula.
+    `chex.variants` unrolls into one test per variant through absl's parameterized
+    test class, so these checks live in a `chex.TestCase` rather than plain functions."""
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_logit_maps_zero_to_logit_alpha(self):
+        # Closed form at the boundary: x = 0 maps to logit(alpha).
+        y0, _ = self.variant(Logit((6,), alpha=0.05).forward_and_log_det)(jnp.zeros((1, 6)))
+        chex.assert_trees_all_close(y0, np.log(0.05 / 0.95), rtol=1e-6)
 
-def test_spline_with_zero_parameters_is_identity():
-    x = jnp.linspace(-BOUND, BOUND, 101)
-    zeros = (jnp.zeros((101, BINS)), jnp.zeros((101, BINS)), jnp.zeros((101, BINS - 1)))
-    y, log_det = spline(x, zeros)
-    np.testing.assert_allclose(y, x, atol=1e-5)
-    np.testing.assert_allclose(log_det, 0.0, atol=1e-5)
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_spline_is_identity_outside_the_interval(self):
+        x = jnp.array([-10.0, -BOUND - 1e-3, BOUND + 1e-3, 7.5])
+        params = spline_params(1, x.shape)
+        rqs = self.variant(
+            functools.partial(rational_quadratic_spline, bound=BOUND), static_argnames="inverse"
+        )
+        for inverse in (False, True):
+            chex.assert_trees_all_equal(rqs(x, *params, inverse=inverse), (x, jnp.zeros_like(x)))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_spline_with_zero_parameters_is_identity(self):
+        x = jnp.linspace(-BOUND, BOUND, 101)
+        zeros = (jnp.zeros((101, BINS)), jnp.zeros((101, BINS)), jnp.zeros((101, BINS - 1)))
+        y_and_log_det = self.variant(functools.partial(rational_quadratic_spline, bound=BOUND))(x, *zeros)
+        # rtol=1e-7 is numpy's default, which the atol-only check had.
+        chex.assert_trees_all_close(y_and_log_det, (x, jnp.zeros_like(x)), atol=1e-5, rtol=1e-7)
 
 
 def test_spline_inverts_and_log_det_is_derivative():
@@ -162,13 +173,14 @@ def test_spline_inverts_and_log_det_is_derivative():
         )
         y, log_det = spline(x, params)
         x_back, inv_log_det = spline(y, params, inverse=True)
-        np.testing.assert_allclose(x_back, x, atol=1e-9)
-        np.testing.assert_allclose(inv_log_det, -log_det, atol=1e-9)
+        # rtol=1e-7 is numpy's default, which these atol-only checks had.
+        chex.assert_trees_all_close((x_back, inv_log_det), (x, -log_det), atol=1e-9, rtol=1e-7)
         # Elementwise map: a JVP with an all-ones tangent gives each dy_i/dx_i.
         _, dydx = jax.jvp(lambda z: spline(z, params)[0], (x,), (jnp.ones_like(x),))
-        np.testing.assert_allclose(log_det, jnp.log(dydx), atol=1e-9, rtol=1e-9)
         _, dxdy = jax.jvp(lambda z: spline(z, params, inverse=True)[0], (y,), (jnp.ones_like(y),))
-        np.testing.assert_allclose(inv_log_det, jnp.log(dxdy), atol=1e-9, rtol=1e-9)
+        chex.assert_trees_all_close(
+            (log_det, inv_log_det), (jnp.log(dydx), jnp.log(dxdy)), atol=1e-9, rtol=1e-9
+        )
 
 
 def test_spline_float32_round_trip_is_accurate_in_output_space():
@@ -222,9 +234,8 @@ def test_actnorm_initialised_through_inverse_is_identity():
     y = normal(0, (3, 4))
     module = ActNorm((4,))
     params = module.init(jax.random.PRNGKey(0), y, method=ActNorm.inverse_and_log_det)
-    x, log_det = module.apply(params, y, method=ActNorm.inverse_and_log_det)
-    np.testing.assert_array_equal(x, y)
-    np.testing.assert_array_equal(log_det, 0.0)
+    x_and_log_det = module.apply(params, y, method=ActNorm.inverse_and_log_det)
+    chex.assert_trees_all_equal(x_and_log_det, (y, jnp.zeros(3)))
 
 
 @pytest.mark.parametrize("event_shape", [(5,), (3, 3, 4)], ids=["vector", "image"])
@@ -321,6 +332,25 @@ def test_wrong_event_shape_raises_naming_the_shapes():
         Reverse((4,)).forward_and_log_det(jnp.zeros(4))
     with pytest.raises(ValueError, match=r"\(2, 2, 12\).*\(1, 4, 4, 3\)"):
         Squeeze((4, 4, 3)).inverse_and_log_det(jnp.zeros((1, 4, 4, 3)))
+
+
+class _BatchLogDet:
+    """A broken bijection: one log-det for the whole batch instead of one per example."""
+
+    def forward_and_log_det(self, x):
+        return x, jnp.zeros(())
+
+    def inverse_and_log_det(self, y):
+        return y, jnp.zeros(())
+
+
+def test_chain_asserts_every_log_det_is_per_example():
+    # A scalar log-det would broadcast into the (N,) total; Chain stops it, naming the layer.
+    chain = Chain((Reverse((3,)), _BatchLogDet()))
+    x = jnp.zeros((4, 3))
+    for method in (Chain.forward_and_log_det, Chain.inverse_and_log_det):
+        with pytest.raises(AssertionError, match="_BatchLogDet"):
+            jax.jit(lambda v: chain.apply({}, v, method=method))(x)
 
 
 def test_bad_configurations_raise():

@@ -1,4 +1,5 @@
 """Tests for genjax.flows.coupling: affine and spline coupling layers."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,19 +48,17 @@ def test_coupling_inverts_and_log_det_matches_jacobian(kind, event_shape, swap):
     forward, inverse = fns(layer, params)
 
     fx, ld = forward(x)
-    x_back, ld_inv = inverse(fx)
-    np.testing.assert_allclose(x_back, x, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(ld_inv, -ld, atol=ATOL, rtol=RTOL)
+    # Each round trip returns (input, minus the log-det): one pytree comparison.
+    chex.assert_trees_all_close(inverse(fx), (x, -ld), atol=ATOL, rtol=RTOL)
     iy, ld_iy = inverse(y)
-    y_back, ld_fy = forward(iy)
-    np.testing.assert_allclose(y_back, y, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(ld_fy, -ld_iy, atol=ATOL, rtol=RTOL)
+    chex.assert_trees_all_close(forward(iy), (y, -ld_iy), atol=ATOL, rtol=RTOL)
 
     # The perturbation makes the layer non-trivial, so the check below has teeth.
     assert float(jnp.max(jnp.abs(fx - x))) > 1e-2
     assert float(jnp.max(jnp.abs(ld))) > 1e-2
-    np.testing.assert_allclose(ld, jacobian_log_dets(forward, x), atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(ld_iy, jacobian_log_dets(inverse, y), atol=ATOL, rtol=RTOL)
+    chex.assert_trees_all_close(
+        (ld, ld_iy), (jacobian_log_dets(forward, x), jacobian_log_dets(inverse, y)), atol=ATOL, rtol=RTOL
+    )
 
 
 @pytest.mark.parametrize("kind", ["affine", "spline"])
@@ -82,29 +81,31 @@ def test_coupling_starts_at_identity(kind, event_shape):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, *event_shape))
     layer = make_layer(kind, event_shape, False)
     params = layer.init(jax.random.PRNGKey(1), x)
-    y, log_det = layer.apply(params, x)
-    np.testing.assert_allclose(y, x, atol=1e-5)
-    np.testing.assert_allclose(log_det, 0.0, atol=1e-5)
+    # rtol=1e-7 is numpy's default, which the atol-only checks had.
+    chex.assert_trees_all_close(layer.apply(params, x), (x, jnp.zeros(2)), atol=1e-5, rtol=1e-7)
 
 
-def test_affine_log_scale_is_soft_clamped():
-    layer = AffineCoupling((2,), hidden=(4,), log_scale_bound=1.5)
-    x = jnp.array([[3.0, 0.5]])
-    params = layer.init(jax.random.PRNGKey(0), x)
-    # Huge raw log-scale from the last layer's bias: each dim's log-det saturates at c.
-    bias = params["params"]["conditioner"]["Dense_1"]["bias"]
-    params["params"]["conditioner"]["Dense_1"]["bias"] = bias.at[1].set(1e3)
-    _, log_det = layer.apply(params, x)
-    np.testing.assert_allclose(log_det, 1.5, rtol=1e-6)
+class ClosedFormTest(chex.TestCase):
+    """Closed-form outputs, each checked with the layer under `jax.jit` and run
+    eagerly (`chex.variants`, which unrolls one test per variant in a `chex.TestCase`)."""
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_affine_log_scale_is_soft_clamped(self):
+        layer = AffineCoupling((2,), hidden=(4,), log_scale_bound=1.5)
+        x = jnp.array([[3.0, 0.5]])
+        params = layer.init(jax.random.PRNGKey(0), x)
+        # Huge raw log-scale from the last layer's bias: each dim's log-det saturates at c.
+        bias = params["params"]["conditioner"]["Dense_1"]["bias"]
+        params["params"]["conditioner"]["Dense_1"]["bias"] = bias.at[1].set(1e3)
+        _, log_det = self.variant(layer.apply)(params, x)
+        chex.assert_trees_all_close(log_det, jnp.array([1.5]), rtol=1e-6)
 
-def test_spline_coupling_is_identity_beyond_the_bound():
-    layer = SplineCoupling((2,), hidden=(8,), num_bins=4, bound=2.0)
-    x = jnp.array([[0.3, 5.0], [-0.7, -2.5]])
-    params = perturb(layer.init(jax.random.PRNGKey(0), x), jax.random.PRNGKey(1), 0.5)
-    y, log_det = layer.apply(params, x)
-    np.testing.assert_array_equal(y, x)
-    np.testing.assert_array_equal(log_det, 0.0)
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_spline_coupling_is_identity_beyond_the_bound(self):
+        layer = SplineCoupling((2,), hidden=(8,), num_bins=4, bound=2.0)
+        x = jnp.array([[0.3, 5.0], [-0.7, -2.5]])
+        params = perturb(layer.init(jax.random.PRNGKey(0), x), jax.random.PRNGKey(1), 0.5)
+        chex.assert_trees_all_equal(self.variant(layer.apply)(params, x), (x, jnp.zeros(2)))
 
 
 def test_coupling_flow_gradients_are_finite_under_jit():

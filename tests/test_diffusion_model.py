@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genjax.diffusion import ddpm, model as diffusion_model, parameterization
+from genjax.diffusion import ddpm, losses, model as diffusion_model, parameterization, samplers
 from genjax.diffusion import sde as sde_lib
 from genjax.nn.mlp import TimeMLP
 
@@ -123,6 +123,19 @@ def test_loss_takes_labelled_batches_and_trains_a_conditional_mlp():
     assert np.isfinite(value)
     with pytest.raises(ValueError, match="needs batches"):
         model.loss(params, jax.random.PRNGKey(1), batch["x"])
+
+
+def test_network_outputs_of_the_wrong_shape_are_assertions_not_broadcasts():
+    """An (N, 1) prediction for (N, 2) data would broadcast against the noise in the
+    loss and into the reverse drift of every sampler; both stop when traced."""
+    sde = SDES["vp"]
+    column = lambda x, t: jnp.sum(x, axis=1, keepdims=True)
+    with pytest.raises(AssertionError, match="eps_fn"):
+        losses.dsm_loss(jax.random.PRNGKey(0), sde, column, jnp.zeros((4, 2)))
+    with pytest.raises(AssertionError, match="score_fn"):
+        samplers.pc_sample(jax.random.PRNGKey(0), sde, column, (4, 2), num_steps=2)
+    with pytest.raises(AssertionError, match="score_fn"):
+        samplers.ode_sample(jax.random.PRNGKey(0), sde, column, (4, 2), method="euler", num_steps=2)
 
 
 def test_bad_choices_are_clear_errors():

@@ -2,6 +2,7 @@
 and the change-of-variables likelihood, against closed forms."""
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,12 +81,12 @@ def test_trajectory_ends_where_solve_ode_does(method):
     ys, nfe = integrate.solve_ode_trajectory(field, state0, 1.0, 0.25, method=method, num_steps=5)
     y1, nfe1 = integrate.solve_ode(field, state0, 1.0, 0.25, method=method, num_steps=5)
     assert nfe == nfe1
-    assert ys[0].shape == (6, 3, 2) and ys[1].shape == (6, 3)
-    for leaf0, traj, last in zip(state0, ys, y1):
-        np.testing.assert_array_equal(traj[0], leaf0)
-        np.testing.assert_allclose(traj[-1], last, rtol=1e-6, atol=1e-7)
+    chex.assert_shape(ys, [(6, 3, 2), (6, 3)])
+    # Whole pytree states: the first saved state is y0, the last is solve_ode's.
+    chex.assert_trees_all_equal(jax.tree.map(lambda a: a[0], ys), state0)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[-1], ys), y1, rtol=1e-6, atol=1e-7)
     two, _ = integrate.solve_ode(field, state0, 1.0, 0.25, method=method, ts=jnp.linspace(1.0, 0.25, 6)[:3])
-    np.testing.assert_allclose(ys[0][2], two[0], rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[2], ys), two, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="fixed-step"):
         integrate.solve_ode_trajectory(field, state0, 1.0, 0.25, method="adaptive")
 
@@ -96,13 +97,42 @@ def _random_field(key, dim):
     return lambda x: jnp.tanh(x @ w1) @ w2 + 0.3 * x
 
 
-def test_exact_divergence_equals_jacobian_trace():
-    fn = _random_field(jax.random.PRNGKey(0), 5)
-    x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
-    fx, div = integrate.value_and_divergence(fn, x)
-    traces = jnp.stack([jnp.trace(jax.jacfwd(lambda v: fn(v[None])[0])(xi)) for xi in x])
-    np.testing.assert_allclose(fx, fn(x), rtol=1e-6)
-    np.testing.assert_allclose(div, traces, rtol=1e-5, atol=1e-6)
+class ClosedFormTest(chex.TestCase):
+    """Divergences and likelihoods against closed forms, each computed under `jax.jit`
+    and eagerly (`chex.variants`, which unrolls one test per variant in a `chex.TestCase`)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_exact_divergence_equals_jacobian_trace(self):
+        fn = _random_field(jax.random.PRNGKey(0), 5)
+        x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))
+        fx, div = self.variant(lambda v: integrate.value_and_divergence(fn, v))(x)
+        traces = jnp.stack([jnp.trace(jax.jacfwd(lambda v: fn(v[None])[0])(xi)) for xi in x])
+        chex.assert_trees_all_close(fx, self.variant(fn)(x), rtol=1e-6)
+        chex.assert_trees_all_close(div, traces, rtol=1e-5, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_change_of_variables_for_a_linear_field(self):
+        """dx/dt = A x from t0=0 to t1=1: z = expm(A) x and log p(x) = log N(z) + tr(A)."""
+        a = jnp.array([[-0.5, 0.3], [0.1, 0.2]])
+        x = jax.random.normal(jax.random.PRNGKey(0), (50, 2))
+        base = lambda z: jnp.sum(jax.scipy.stats.norm.logpdf(z), axis=1)
+        log_likelihood = self.variant(lambda v: integrate.ode_log_likelihood(
+            None, lambda y, t: y @ a.T, v, 0.0, 1.0, base, rtol=1e-7, atol=1e-7))
+        logp, z, _ = log_likelihood(x)
+        z_exact = x @ jax.scipy.linalg.expm(a).T
+        chex.assert_trees_all_close((z, logp), (z_exact, base(z_exact) + jnp.trace(a)), rtol=1e-5, atol=1e-5)
+
+
+def test_shape_mismatches_are_assertions_not_broadcasts():
+    x = jnp.ones((4, 2))
+    # A field whose output is not its state's shape: the probes would broadcast.
+    with pytest.raises(AssertionError, match="vector field"):
+        integrate.value_and_divergence(lambda v: jnp.sum(v, axis=1, keepdims=True), x)
+    # A base density of shape (N, 1) would make an (N, N) log-likelihood.
+    column_base = lambda z: jnp.sum(jax.scipy.stats.norm.logpdf(z), axis=1, keepdims=True)
+    with pytest.raises(AssertionError, match="base_log_prob"):
+        integrate.ode_log_likelihood(None, lambda y, t: -y, x, 0.0, 1.0, column_base,
+                                     method="euler", num_steps=2)
 
 
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
@@ -115,15 +145,3 @@ def test_hutchinson_is_unbiased(kind):
     single = jax.vmap(lambda v: integrate.value_and_divergence(fn, x, v[None])[1])(probes[:2000])
     stderr = jnp.std(single, axis=0) / math.sqrt(20_000)
     assert bool(jnp.all(jnp.abs(est - exact) < 4 * stderr + 1e-6)), (est, exact, stderr)
-
-
-def test_change_of_variables_for_a_linear_field():
-    """dx/dt = A x from t0=0 to t1=1: z = expm(A) x and log p(x) = log N(z) + tr(A)."""
-    a = jnp.array([[-0.5, 0.3], [0.1, 0.2]])
-    x = jax.random.normal(jax.random.PRNGKey(0), (50, 2))
-    base = lambda z: jnp.sum(jax.scipy.stats.norm.logpdf(z), axis=1)
-    logp, z, nfe = integrate.ode_log_likelihood(None, lambda y, t: y @ a.T, x, 0.0, 1.0, base,
-                                                rtol=1e-7, atol=1e-7)
-    z_exact = x @ jax.scipy.linalg.expm(a).T
-    np.testing.assert_allclose(z, z_exact, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(logp, base(z_exact) + jnp.trace(a), rtol=1e-5, atol=1e-5)

@@ -17,6 +17,7 @@ irreducible loss is (pi / 2) tr(S^{1/2}).
 import itertools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,14 +77,21 @@ def test_scheduler_derivatives_and_path_velocity(scheduler):
     np.testing.assert_allclose(path.target_velocity(x0, x1, t), dxdt, rtol=1e-4, atol=1e-5)
 
 
-def test_path_endpoints():
-    x0, x1 = jnp.ones((2, 3)), 2.0 * jnp.ones((2, 3))
-    for path in (paths.cond_ot_path(), paths.vp_path()):
-        np.testing.assert_allclose(path.sample_xt(x0, x1, jnp.zeros(2)), x0, atol=1e-6)
-        np.testing.assert_allclose(path.sample_xt(x0, x1, jnp.ones(2)), x1, atol=1e-6)
-    vp = paths.VPScheduler()
-    t = jnp.linspace(0.0, 1.0, 5)
-    np.testing.assert_allclose(vp.alpha(t) ** 2 + vp.sigma(t) ** 2, 1.0, atol=1e-6)
+class PathClosedFormTest(chex.TestCase):
+    """Closed forms of the paths, each computed under `jax.jit` and eagerly
+    (`chex.variants`, which unrolls one test per variant in a `chex.TestCase`)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_path_endpoints(self):
+        x0, x1 = jnp.ones((2, 3)), 2.0 * jnp.ones((2, 3))
+        for path in (paths.cond_ot_path(), paths.vp_path()):
+            sample_xt = self.variant(path.sample_xt)
+            endpoints = (sample_xt(x0, x1, jnp.zeros(2)), sample_xt(x0, x1, jnp.ones(2)))
+            # rtol=1e-7 is numpy's default, which the atol-only checks had.
+            chex.assert_trees_all_close(endpoints, (x0, x1), atol=1e-6, rtol=1e-7)
+        vp = paths.VPScheduler()
+        alpha, sigma = self.variant(lambda t: (vp.alpha(t), vp.sigma(t)))(jnp.linspace(0.0, 1.0, 5))
+        chex.assert_trees_all_close(alpha**2 + sigma**2, 1.0, atol=1e-6, rtol=1e-7)
 
 
 def test_ode_sample_transports_noise_to_the_gaussian():
@@ -155,6 +163,14 @@ def test_loss_at_exact_velocity_is_the_irreducible_variance():
     assert abs(np.mean(exact) - irreducible) < 4 * np.std(exact) / np.sqrt(n)
     # A constant shift c adds exactly ||c||^2 = 2 * 0.09 to the population loss.
     assert np.mean(shifted) > np.mean(exact) + 0.1
+
+
+def test_a_velocity_of_the_wrong_shape_is_an_assertion_not_a_broadcast():
+    # An (N, 1) field minus the (N, 2) target would broadcast into a wrong loss.
+    x1 = jnp.zeros((8, 2))
+    column_field = lambda x, t: jnp.sum(x, axis=1, keepdims=True)
+    with pytest.raises(AssertionError, match="velocity_fn"):
+        matching.flow_matching_loss(jax.random.PRNGKey(0), paths.cond_ot_path(), column_field, x1)
 
 
 def test_ot_permutation_is_the_optimal_assignment():
@@ -324,8 +340,12 @@ def test_labels_change_the_velocity_and_guidance_mixes_it():
     # Another class gives another velocity (a label-blind net would give equal rows).
     assert float(jnp.min(jnp.abs(v_c - v_other).sum(1))) > 1e-3
     np.testing.assert_allclose(guided[0.0], v_c, rtol=1e-5, atol=1e-6)
-    for w in (0.5, 2.0):
-        np.testing.assert_allclose(guided[w], (1 + w) * v_c - w * v_u, rtol=1e-5, atol=1e-5)
+    # Both guidance weights at once: a dict pytree keyed by w, so a failure names the weight.
+    chex.assert_trees_all_close(
+        {w: guided[w] for w in (0.5, 2.0)},
+        {w: (1 + w) * v_c - w * v_u for w in (0.5, 2.0)},
+        rtol=1e-5, atol=1e-5,
+    )
     # Default labels cycle through the classes; log_prob without labels is the null model.
     np.testing.assert_allclose(default, v_c, atol=1e-6)
     np.testing.assert_allclose(logp_null, logp_null_explicit, rtol=1e-6)

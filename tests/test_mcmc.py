@@ -3,6 +3,7 @@ correlated Gaussian (MALA exactly, ULA's biased stationary law exactly), a Gauss
 mixture with exact samples, and identities between the samplers."""
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -257,5 +258,4 @@ def test_diffusion_corrector_is_a_langevin_step():
     step = 2.0 * sde.langevin_alpha(t, dt) * (0.1 * jnp.mean(norm(z)) / jnp.mean(norm(score))) ** 2
     want_mean = x + step[:, None, None, None] * score
     want_x = want_mean + jnp.sqrt(2.0 * step)[:, None, None, None] * z
-    np.testing.assert_array_equal(got_mean, want_mean)
-    np.testing.assert_array_equal(got_x, want_x)
+    chex.assert_trees_all_equal((got_x, got_mean), (want_x, want_mean))

@@ -3,6 +3,7 @@ definitions x_t = alpha x0 + sigma eps, v = alpha eps - sigma x0 and against the
 closed-form posterior mean of a diffused Gaussian."""
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +41,7 @@ def test_true_predictions_map_to_true_predictions(source, target):
         truth = {"x0": x0, "eps": eps, "score": -eps / s, "v": a * eps - s * x0}
         out = param.convert(truth[source], x, alpha, sigma, source=source, target=target)
         # float64 conversions: only round-off, relative to the target's scale.
-        np.testing.assert_allclose(out, truth[target], rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(truth[target]))))
+        chex.assert_trees_all_close(out, truth[target], rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(truth[target]))))
 
 
 @pytest.mark.parametrize("source,target", PAIRS)
@@ -52,7 +53,7 @@ def test_round_trip_is_identity(source, target):
         pred = 2.0 * jax.random.normal(jax.random.PRNGKey(2), x.shape, jnp.float64)
         there = param.convert(pred, x, alpha, sigma, source=source, target=target)
         back = param.convert(there, x, alpha, sigma, source=target, target=source)
-        np.testing.assert_allclose(back, pred, rtol=1e-9, atol=1e-9)
+        chex.assert_trees_all_close(back, pred, rtol=1e-9, atol=1e-9)
 
 
 def test_round_trip_in_float32():
@@ -61,12 +62,16 @@ def test_round_trip_in_float32():
     alpha = jax.random.uniform(key2, (64,), minval=0.05, maxval=1.0)
     sigma = jax.random.uniform(key3, (64,), minval=0.05, maxval=5.0)
     pred = jax.random.normal(jax.random.PRNGKey(3), x.shape)
-    for source, target in PAIRS:
+
+    def round_trip(source, target):
         there = param.convert(pred, x, alpha, sigma, source=source, target=target)
-        back = param.convert(there, x, alpha, sigma, source=target, target=source)
-        # sigma >= 0.05 and alpha >= 0.05 bound the condition number by ~1e3, so
-        # float32 round-off (6e-8) stays below 1e-4.
-        np.testing.assert_allclose(back, pred, rtol=1e-4, atol=1e-4, err_msg=f"{source}->{target}")
+        return param.convert(there, x, alpha, sigma, source=target, target=source)
+
+    # One pytree keyed by the pair, so a failure names the conversion that broke.
+    backs = {f"{source}->{target}": round_trip(source, target) for source, target in PAIRS}
+    # sigma >= 0.05 and alpha >= 0.05 bound the condition number by ~1e3, so
+    # float32 round-off (6e-8) stays below 1e-4.
+    chex.assert_trees_all_close(backs, {pair: pred for pair in backs}, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_parameterization_lists_valid_names():
@@ -117,49 +122,57 @@ def test_function_transformers_invert_each_other(name):
     back_x0 = param.score_from_x0(sde, param.denoiser_from_score(sde, score_fn))(x, t)
     back_eps = param.score_from_eps(sde, param.eps_from_score(sde, score_fn))(x, t)
     back_v = param.score_from_v(sde, param.v_from_score(sde, score_fn))(x, t)
-    for back in (back_x0, back_eps, back_v):
-        np.testing.assert_allclose(back, score, rtol=1e-4, atol=1e-4 * scale)
-    # A scalar t broadcasts over the batch like a per-example one.
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close((back_x0, back_eps, back_v), (score,) * 3, rtol=1e-4, atol=1e-4 * scale)
+    # A scalar t broadcasts over the batch like a per-example one (rtol: numpy's default).
+    chex.assert_trees_all_close(
         param.denoiser_from_score(sde, score_fn)(x, 0.3),
         param.denoiser_from_score(sde, score_fn)(x, jnp.full((32,), 0.3)),
+        rtol=1e-7,
     )
 
 
 # ---- EDM preconditioning ---------------------------------------------------------------
 
 
-def test_edm_preconditioning_gives_unit_variance_input_and_target():
-    sigma_data = 0.5
-    sigma = jnp.exp(jnp.linspace(np.log(0.002), np.log(80.0), 50))
-    c_skip, c_out, c_in, c_noise = param.edm_preconditioning(sigma, sigma_data)
-    # Karras et al. 2022, App. B.6: Var[c_in (x0 + sigma n)] = 1 and the
-    # effective target (x0 - c_skip x) / c_out has unit variance for Var[x0] = sigma_data^2.
-    np.testing.assert_allclose(c_in**2 * (sigma**2 + sigma_data**2), 1.0, rtol=1e-5)
-    target_var = ((1 - c_skip) ** 2 * sigma_data**2 + c_skip**2 * sigma**2) / c_out**2
-    np.testing.assert_allclose(target_var, 1.0, rtol=1e-5)
-    # c_skip minimises the target's variance before scaling (App. B.6): zero derivative.
-    unscaled_var = lambda c, s: (1 - c) ** 2 * sigma_data**2 + c**2 * s**2
-    slope = jax.vmap(jax.grad(unscaled_var))(c_skip, sigma)
-    np.testing.assert_allclose(slope, 0.0, atol=1e-5)
-    np.testing.assert_allclose(jnp.exp(4.0 * c_noise), sigma, rtol=1e-5)
+class EDMClosedFormTest(chex.TestCase):
+    """EDM's preconditioning against its closed forms, each computed under `jax.jit`
+    and eagerly (`chex.variants`, which unrolls one test per variant in a `chex.TestCase`)."""
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_edm_preconditioning_gives_unit_variance_input_and_target(self):
+        sigma_data = 0.5
+        sigma = jnp.exp(jnp.linspace(np.log(0.002), np.log(80.0), 50))
+        c_skip, c_out, c_in, c_noise = self.variant(param.edm_preconditioning)(sigma, sigma_data)
+        # Karras et al. 2022, App. B.6: Var[c_in (x0 + sigma n)] = 1 and the
+        # effective target (x0 - c_skip x) / c_out has unit variance for Var[x0] = sigma_data^2;
+        # c_noise = ln(sigma) / 4.
+        target_var = ((1 - c_skip) ** 2 * sigma_data**2 + c_skip**2 * sigma**2) / c_out**2
+        chex.assert_trees_all_close(
+            (c_in**2 * (sigma**2 + sigma_data**2), target_var, jnp.exp(4.0 * c_noise)),
+            (1.0, 1.0, sigma),
+            rtol=1e-5,
+        )
+        # c_skip minimises the target's variance before scaling (App. B.6): zero derivative.
+        unscaled_var = lambda c, s: (1 - c) ** 2 * sigma_data**2 + c**2 * s**2
+        slope = jax.vmap(jax.grad(unscaled_var))(c_skip, sigma)
+        chex.assert_trees_all_close(slope, 0.0, atol=1e-5, rtol=1e-7)  # rtol: numpy's default
 
-def test_edm_denoiser_is_exact_for_the_ideal_network():
-    sigma_data = 0.5
-    key1, key2, key3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    x0 = sigma_data * jax.random.normal(key1, (16, 4))
-    sigma = jnp.exp(jax.random.uniform(key2, (16,), minval=np.log(0.002), maxval=np.log(80.0)))
-    x = x0 + sigma[:, None] * jax.random.normal(key3, (16, 4))
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_edm_denoiser_is_exact_for_the_ideal_network(self):
+        sigma_data = 0.5
+        key1, key2, key3 = jax.random.split(jax.random.PRNGKey(0), 3)
+        x0 = sigma_data * jax.random.normal(key1, (16, 4))
+        sigma = jnp.exp(jax.random.uniform(key2, (16,), minval=np.log(0.002), maxval=np.log(80.0)))
+        x = x0 + sigma[:, None] * jax.random.normal(key3, (16, 4))
 
-    def ideal_raw(x_in, c_noise):
-        # Recover x and sigma from what the wrapper passes, so a wrong c_in or c_noise fails.
-        s = jnp.exp(4.0 * c_noise)
-        x_rec = x_in * jnp.sqrt(s**2 + sigma_data**2)[:, None]
-        return param.edm_training_target(x_rec, x0, s, sigma_data)
+        def ideal_raw(x_in, c_noise):
+            # Recover x and sigma from what the wrapper passes, so a wrong c_in or c_noise fails.
+            s = jnp.exp(4.0 * c_noise)
+            x_rec = x_in * jnp.sqrt(s**2 + sigma_data**2)[:, None]
+            return param.edm_training_target(x_rec, x0, s, sigma_data)
 
-    denoised = param.edm_denoiser(ideal_raw, sigma_data)(x, sigma)
-    np.testing.assert_allclose(denoised, x0, rtol=1e-4, atol=1e-4)
+        denoised = self.variant(param.edm_denoiser(ideal_raw, sigma_data))(x, sigma)
+        chex.assert_trees_all_close(denoised, x0, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["vp", "subvp"])

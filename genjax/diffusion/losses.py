@@ -9,6 +9,7 @@ g(t)^2 / sigma(t)^2.
 """
 from typing import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -68,11 +69,17 @@ def dsm_loss(
     z = jax.random.normal(z_key, x0.shape)
     mean, sigma = sde.marginal_prob(x0, t)
     x_t = mean + broadcast_to_batch(sigma, x0) * z
-    residual = jnp.reshape(eps_fn(x_t, t) - z, (batch, -1))
+    eps_hat = eps_fn(x_t, t)
+    # A prediction of another shape (say (N, 1)) would broadcast against the noise.
+    chex.assert_equal_shape([eps_hat, z], custom_message="eps_fn(x_t, t) vs the noise")
+    residual = jnp.reshape(eps_hat - z, (batch, -1))
     loss = jnp.sum(residual**2, axis=1)
     if likelihood_weighting and importance_sampling:
         # (w(t) / q(t)) * (T - eps) keeps the scale of the uniform-t estimator.
         loss = loss * normaliser / (sde.T - eps)
     elif likelihood_weighting:
         loss = loss * likelihood_weight(sde, t)
+    # Per example before the caller's mean: a weight of shape (N, 1) would have
+    # made it (N, N), whose mean is silently another number.
+    chex.assert_shape(loss, (batch,))
     return loss, t

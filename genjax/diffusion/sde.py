@@ -10,6 +10,7 @@ import dataclasses
 import math
 from typing import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -93,17 +94,25 @@ class ReverseSDE:
     score_fn: Callable
     probability_flow: bool
 
+    def _score(self, x, t):
+        """score_fn(x, t), asserted to have x's shape: every sampler and the ODE
+        likelihood reach the score through here, and a score of another shape
+        (say (N, 1) for x of (N, D)) would broadcast into the drift silently."""
+        score = self.score_fn(x, t)
+        chex.assert_equal_shape([score, x], custom_message="score_fn(x, t) vs x")
+        return score
+
     def sde(self, x, t):
         drift, diffusion = self.forward.sde(x, t)
         coef = 0.5 if self.probability_flow else 1.0
         g2 = broadcast_to_batch(diffusion**2, x)
-        drift = drift - coef * g2 * self.score_fn(x, t)
+        drift = drift - coef * g2 * self._score(x, t)
         return drift, (jnp.zeros_like(diffusion) if self.probability_flow else diffusion)
 
     def discretize(self, x, t, dt):
         f, G = self.forward.discretize(x, t, dt)
         coef = 0.5 if self.probability_flow else 1.0
-        rev_f = f - coef * broadcast_to_batch(G**2, x) * self.score_fn(x, t)
+        rev_f = f - coef * broadcast_to_batch(G**2, x) * self._score(x, t)
         return rev_f, (jnp.zeros_like(G) if self.probability_flow else G)
 
 

@@ -26,6 +26,7 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,16 @@ def standard_normal_log_prob(z: jax.Array) -> jax.Array:
     density of every flow in `genjax.flows`."""
     flat = z.reshape(z.shape[0], -1)
     return -0.5 * jnp.sum(flat**2, axis=1) - 0.5 * flat.shape[1] * math.log(2.0 * math.pi)
+
+
+def add_log_det(log_det_N: jax.Array, ld: jax.Array, layer: Any) -> jax.Array:
+    """`log_det_N + ld`, asserting that `ld` is per example like the running total.
+
+    A layer that returned a scalar or an (N, 1) log-det would otherwise broadcast
+    into the total silently; every composition of bijections adds through here.
+    """
+    chex.assert_shape(ld, log_det_N.shape, custom_message=f"log-det of {type(layer).__name__}")
+    return log_det_N + ld
 
 
 def _batch_zeros(x: jax.Array) -> jax.Array:
@@ -433,14 +444,14 @@ class Chain(nn.Module):
         log_det = _batch_zeros(x)
         for layer in self.layers:
             x, ld = layer.forward_and_log_det(x)
-            log_det = log_det + ld
+            log_det = add_log_det(log_det, ld, layer)
         return x, log_det
 
     def inverse_and_log_det(self, y):
         log_det = _batch_zeros(y)
         for layer in reversed(self.layers):
             y, ld = layer.inverse_and_log_det(y)
-            log_det = log_det + ld
+            log_det = add_log_det(log_det, ld, layer)
         return y, log_det
 
     def __call__(self, x):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import chex
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from genjax.flows.bijectors import check_event_shape, rational_quadratic_spline
@@ -109,6 +109,9 @@ class _Coupling(nn.Module):
         check_event_shape(type(self).__name__, x, self.event_shape)
         x_a, x_b = self._split(x)
         out_b, log_det = self._transform(x_b, self._theta(x_a), inverse)
+        # Elementwise map: output and log|g'| both have x_b's shape, or the sum
+        # below would add up a broadcast array.
+        chex.assert_equal_shape([out_b, log_det, x_b])
         return self._merge(x_a, out_b), jnp.sum(log_det.reshape(x.shape[0], -1), axis=-1)
 
     def forward_and_log_det(self, x):

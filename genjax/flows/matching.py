@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -55,8 +56,10 @@ def paired_flow_matching_loss(key, path, velocity_fn: Callable, x0, x1):
         )
     t = _uniform_time(key, x1.shape[0], x1.dtype)
     x_t = path.sample_xt(x0, x1, t)
-    residual = velocity_fn(x_t, t) - path.target_velocity(x0, x1, t)
-    return jnp.sum(residual.reshape(x1.shape[0], -1) ** 2, axis=1)
+    v, u = velocity_fn(x_t, t), path.target_velocity(x0, x1, t)
+    # A field of another shape (say (N, 1)) would broadcast against the target.
+    chex.assert_equal_shape([v, u, x1], custom_message="velocity_fn(x_t, t) vs the path's velocity")
+    return jnp.sum((v - u).reshape(x1.shape[0], -1) ** 2, axis=1)
 
 
 def flow_matching_loss(key, path, velocity_fn: Callable, x1, coupling: Callable | None = None):

@@ -35,6 +35,7 @@ from genjax.flows.bijectors import (
     Permute,
     Reverse,
     Squeeze,
+    add_log_det,
     check_event_shape,
     standard_normal_log_prob,
 )
@@ -147,12 +148,12 @@ class MultiScaleFlow(nn.Module):
         log_det = jnp.zeros((n,), x.dtype)
         for b in self.preprocess:
             x, ld = b.forward_and_log_det(x)
-            log_det = log_det + ld
+            log_det = add_log_det(log_det, ld, b)
         h, outs = x, []
         for chain, (squeezed, out_shape) in zip(self.scales, self._shapes()):
             h, _ = Squeeze(h.shape[1:]).forward_and_log_det(h)
             h, ld = chain.forward_and_log_det(h)
-            log_det = log_det + ld
+            log_det = add_log_det(log_det, ld, chain)
             if out_shape is not None:
                 keep = squeezed[-1] - out_shape[-1]
                 outs.append(h[..., keep:])
@@ -179,12 +180,12 @@ class MultiScaleFlow(nn.Module):
             if out_shape is not None:
                 h = jnp.concatenate([h, parts[i]], axis=-1)
             h, ld = self.scales[i].inverse_and_log_det(h)
-            log_det = log_det + ld
+            log_det = add_log_det(log_det, ld, self.scales[i])
             in_shape = (2 * squeezed[0], 2 * squeezed[1], squeezed[2] // 4)
             h, _ = Squeeze(in_shape).inverse_and_log_det(h)
         for b in reversed(self.preprocess):
             h, ld = b.inverse_and_log_det(h)
-            log_det = log_det + ld
+            log_det = add_log_det(log_det, ld, b)
         return h, log_det
 
     def __call__(self, x):
