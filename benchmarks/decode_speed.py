@@ -1,7 +1,7 @@
 """Decoding tokens/s at context 512: no cache vs KV cache vs speculative decoding.
 
     python -m benchmarks.decode_speed [--layers 4] [--width 256] [--new 64] \
-        [--gamma 4] [--draft-layers 1] [--repeats 5]
+        [--gamma 4] [--draft-layers 1] [--repeats 5] [--quick]
     python -m benchmarks.decode_speed --target-workdir=RUN --draft-workdir=DRAFT_RUN
 
 One sequence, greedy (temperature 0), a prompt of 512 - new tokens, `new`
@@ -16,13 +16,17 @@ tokens generated, so the last ones attend over the full 512-token context.
                Zhang et al. 2023), so no second model has to be trained.
 All three produce the same tokens (greedy speculative decoding reproduces the
 target exactly; checked here). The weights are the standard initialization,
-not trained ones: the acceptance rate is printed, and a trained pair's differs.
+not trained ones (said in the output): the tokens/s of the no-cache and KV-cache
+decoders do not depend on the weights, but speculative decoding's depends on the
+acceptance rate, which is printed, and a trained pair's differs. --quick: 2 layers
+x width 64, 8 new tokens, 2 repeats.
 
 With --target-workdir and --draft-workdir (two `experiments.main` LM runs on the
-same bytes, e.g. configs/lm_stdlib.py and a smaller one) the trained EMA weights
-decode instead, the draft is that second model, the prompt is held-out text
-from byte --prompt-offset on, the context is the models' max_len - gamma + 1, and
-the generated text is printed (greedy text that loops inflates acceptance).
+same bytes, e.g. configs/lm_stdlib.py and a smaller one; each run's config is its
+saved one, `experiments.run_config.load_run`) the trained EMA weights decode
+instead, the draft is that second model, the prompt is held-out text from byte
+--prompt-offset on, the context is the models' max_len - gamma + 1, and the
+generated text is printed (greedy text that loops inflates acceptance).
 Each is jitted, warmed up and timed in alternation, median of --repeats.
 """
 import argparse
@@ -33,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import device_description
+from benchmarks.common import device_description, no_run_note, trained_config
 from genjax.autoregressive import generate, speculative_generate
 from genjax.nn.transformer import Transformer
 
@@ -46,8 +50,10 @@ def trained_pair(args):
 
     if not (args.target_workdir and args.draft_workdir):
         raise SystemExit("--target-workdir and --draft-workdir go together")
-    config, params, _ = text_source.restore_params(args.target_workdir)
-    draft_config, draft_params, _ = text_source.restore_params(args.draft_workdir)
+    config, params, _ = text_source.restore_params(
+        args.target_workdir, trained_config(args.target_workdir, "lm", flag="--target-workdir"))
+    draft_config, draft_params, _ = text_source.restore_params(
+        args.draft_workdir, trained_config(args.draft_workdir, "lm", flag="--draft-workdir"))
     target, draft = text_source.build_net(config), text_source.build_net(draft_config)
     context = min(target.max_len, draft.max_len) - args.gamma + 1
     if args.new >= context:
@@ -69,7 +75,11 @@ def main():
     parser.add_argument("--target-workdir", default=None, help="trained LM run (target)")
     parser.add_argument("--draft-workdir", default=None, help="trained LM run (draft)")
     parser.add_argument("--prompt-offset", type=int, default=0, help="where in the held-out bytes the prompt starts")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest sizes, a smoke run (replaces the size flags)")
     args = parser.parse_args()
+    if args.quick:
+        args.layers, args.width, args.heads, args.new, args.repeats = 2, 64, 2, 8, 2
     print(f"device: {device_description()}")
 
     if args.target_workdir or args.draft_workdir:
@@ -77,6 +87,11 @@ def main():
         print(f"trained target {args.target_workdir}: {target.num_layers} layers x width {target.d_model}; "
               f"trained draft {args.draft_workdir}: {draft.num_layers} layers x width {draft.d_model}")
     else:
+        print(no_run_note("--target-workdir and --draft-workdir",
+                          f"an untrained {args.layers}-layer transformer, width {args.width}, with its first "
+                          f"{args.draft_layers} layer(s) as the draft",
+                          "timings without and with the KV cache do not depend on training; speculative "
+                          "decoding's depend on the acceptance rate, which a trained pair's differs"))
         context = CONTEXT
         kw = dict(vocab_size=256, d_model=args.width, num_heads=args.heads, max_len=CONTEXT + args.gamma)
         target = Transformer(num_layers=args.layers, **kw)
@@ -119,7 +134,8 @@ def main():
     calls = int(stats["target_calls"])
     draft_name = "the draft run" if args.draft_workdir else f"its first {args.draft_layers} layer(s)"
     print(f"target {target.num_layers} layers x width {target.d_model}; draft: {draft_name}; "
-          f"gamma {args.gamma}; prompt {P} + {args.new} new = {context} tokens, greedy, batch 1")
+          f"gamma {args.gamma}; prompt {P} + {args.new} new = {context} tokens, greedy, batch 1, "
+          f"median of {args.repeats} after warm-up")
     print(f"speculative: {int(stats['accepted'])} of {calls * args.gamma} drafts accepted, "
           f"{calls} target calls for {args.new} tokens")
 

@@ -3,14 +3,15 @@ all on device) against a host-side scipy `solve_ivp` RK45 loop that calls the sa
 jitted drift-and-divergence function each step (the approach of the original
 score_sde code). Same model, same tolerances, same data.
 
-    python benchmarks/likelihood_ode.py [--workdir runs/demo] [--num 1000]
+    python -m benchmarks.likelihood_ode [--workdir runs/demo] [--num 1000] [--repeats 3] [--quick]
 
-With --workdir the trained score model of that run is used; otherwise the exact
-score of an 8-component Gaussian mixture. Prints both times, their ratio and the
-NLL difference.
+With --workdir, the EMA score model of that trained score-SDE run, built from the
+run's own saved config (`experiments.run_config.load_run`), on its held-out data;
+otherwise the exact score of an 8-component Gaussian mixture (no training needed;
+a trained network costs more per evaluation and its ODE takes more steps). Prints
+both times, their ratio and the NLL difference. --quick: 100 examples, 2 repeats.
 """
 import argparse
-import os
 import time
 
 import jax
@@ -18,32 +19,28 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate as scipy_integrate
 
-from benchmarks.common import device_description, time_fn
+from benchmarks.common import device_description, no_run_note, time_fn, trained_config
 from genjax import integrate
 from genjax.data import toy2d
 from genjax.data.toy2d import exact_score_fn
 from genjax.diffusion import samplers
 from genjax.diffusion import sde as sde_lib
-from genjax.diffusion.parameterization import score_from_eps
 
 
 def load_score_fn(workdir):
-    """The EMA score function of a run of experiments.main, and its held-out data."""
-    import json
-
-    import ml_collections
-
-    from experiments import main as experiment_main
+    """(sde, EMA score function, held-out sampler) of a trained score-SDE run of
+    experiments.main, built from the run's saved config."""
     from experiments import registry
-    from genjax.nn.mlp import TimeMLP
+    from experiments.experiment import Experiment
+    from genjax.diffusion.model import make_score_fn
 
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    exp, state = experiment_main._restore(config, workdir)
-    net = TimeMLP(hidden=tuple(config.model.hidden), time_embedding=config.model.time_embedding)
-    sde = registry.build_sde(config)
-    eps_fn = lambda x, t: net.apply(state.ema_params, x, t)
-    return sde, score_from_eps(sde, eps_fn), exp.held_out
+    config = trained_config(workdir, "score_sde")
+    exp = Experiment(config)
+    state = exp.restore(workdir)
+    sde, net = registry.build_sde_and_net(config, exp.source)
+    score_fn_of = make_score_fn(sde, net, prediction=config.model.get("prediction", "eps"),
+                                num_classes=exp.source.num_classes)
+    return sde, score_fn_of(state.ema_params), exp.source.held_out
 
 
 def scipy_log_likelihood(sde, score_fn, x, *, rtol, atol, eps):
@@ -70,13 +67,18 @@ def scipy_log_likelihood(sde, score_fn, x, *, rtol, atol, eps):
 def main():
     # Full float32 matmuls on GPUs too (not TF32): the benchmark compares ODE solvers.
     jax.config.update("jax_default_matmul_precision", "highest")
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", default=None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=None, help="a trained score-SDE run (default: an exact score)")
     parser.add_argument("--num", type=int, default=1000)
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest sizes, a smoke run (replaces the size flags)")
     args = parser.parse_args()
+    if args.quick:
+        args.num, args.repeats = 100, 2
     eps = 1e-5
+    print(f"device: {device_description()}")
     if args.workdir:
         sde, score_fn, held_out = load_score_fn(args.workdir)
         x = held_out(args.num)
@@ -87,6 +89,8 @@ def main():
         score_fn = exact_score_fn(sde, mixture)
         x = mixture.sample(jax.random.PRNGKey(0), args.num)
         source = "exact score of an 8-component mixture"
+        print(no_run_note("--workdir", "the exact score of an 8-component Gaussian mixture, no network",
+                          "a trained network costs more per evaluation and its ODE takes more steps"))
 
     def ours_fn(norm, tol):
         return jax.jit(lambda x: integrate.ode_log_likelihood(
@@ -109,9 +113,8 @@ def main():
         times.append(time.perf_counter() - t0)
     rows.append(("scipy solve_ivp RK45 on host", float(np.median(times)), nfe_ref, logp_ref))
 
-    print(f"device: {device_description()}")
-    print(f"model: {source}; {args.num} examples; rtol = atol = {args.tol}; "
-          f"errors against the same ODE solved at 10x tighter tolerance")
+    print(f"model: {source}; {args.num} examples; rtol = atol = {args.tol}; median of {args.repeats} "
+          f"after warm-up; errors against the same ODE solved at 10x tighter tolerance")
     print(f"{'method':34s} {'seconds':>8s} {'NFE':>6s} {'NLL':>8s} {'max |err| per example':>22s}")
     for name, seconds, nfe, logp in rows:
         err = float(jnp.max(jnp.abs(logp - reference)))
@@ -120,6 +123,7 @@ def main():
     print(f"speed-up over scipy: batch_max norm {scipy_seconds / rows[0][1]:.2f}x, "
           f"rms norm (the same error control as scipy) {scipy_seconds / rows[1][1]:.2f}x; "
           f"|NLL difference| to scipy {abs(float(jnp.mean(rows[0][3] - logp_ref))):.1e} nats")
+
 
 if __name__ == "__main__":
     main()

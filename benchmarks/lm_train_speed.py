@@ -1,7 +1,8 @@
 """Training tokens/s and MFU of the transformer LM at two model sizes, one run.
 
     python -m benchmarks.lm_train_speed [--context 256] [--batch 16] [--steps 3] \
-        [--repeats 5] [--dtype float32|bfloat16] [--attention auto] [--layer-norm auto] [--gelu-kernel auto] [--sizes small,medium]
+        [--repeats 5] [--dtype float32|bfloat16] [--attention auto] [--layer-norm auto] [--gelu-kernel auto] \
+        [--sizes small,medium] [--quick]
 
 Sizes: "small" (2 layers, width 128, 4 heads), "medium" (4 layers, width 256,
 4 heads) and, for accelerators, "large" (12 layers, width 768, 12 heads), byte vocabulary, AdamW through `genjax.train`. The peak is measured
@@ -9,7 +10,10 @@ first with a large matmul (`genjax.hardware.measure_peak_flops`) in the same dty
 each size is warmed up and the two are timed in alternation, median of
 --repeats rounds of --steps jitted steps. MFU = tokens/s x flops_per_token / peak
 (`genjax.train.mfu`, with `Transformer.flops_per_token` = 6N + 6 n_layer n_ctx
-d_model at the training context). Prints both and the medium/small ratios.
+d_model at the training context). Prints both and the medium/small ratios. The
+models train from their initialization on random bytes (no trained run is read:
+the time of a step does not depend on the weights). --quick: context 32, batch 2,
+1 step, 2 repeats.
 """
 import argparse
 import statistics
@@ -61,13 +65,19 @@ def main():
     parser.add_argument("--layer-norm", default="auto")
     parser.add_argument("--gelu-kernel", default="auto")
     parser.add_argument("--sizes", default="small,medium", help=f"two or more of {sorted(SIZES)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest sizes, a smoke run (replaces the size flags)")
     args = parser.parse_args()
+    if args.quick:
+        args.context, args.batch, args.steps, args.repeats = 32, 2, 1, 2
     sizes = args.sizes.split(",")
     if len(sizes) < 2 or any(s not in SIZES for s in sizes):
         parser.error(f"--sizes={args.sizes!r}; expected two or more of {sorted(SIZES)}, comma-separated")
     print(f"device: {device_description()}")
     peak = measure_peak_flops(dtype=getattr(jnp, args.dtype))
     print(f"measured peak ({args.dtype} matmul): {peak / 1e9:,.1f} GFLOP/s")
+    print(f"batch {args.batch} x context {args.context}, {args.steps} step(s) per timing, median of "
+          f"{args.repeats} after warm-up; trained from initialization on random bytes (no trained run is read)")
 
     steps, nets = {}, {}
     for size in sizes:

@@ -1,52 +1,48 @@
 """Samples per second at equal quality: multistep DPM-Solver++ (order 3) at a few
 dozen NFE against Euler-Maruyama on the reverse SDE at 1000 steps.
 
-    python -m benchmarks.sampler_speed --workdir RUN [--config configs/base_digits.py] \
-        [--num 256] [--dpm-nfe 20] [--em-steps 1000] [--repeats 5]
+    python -m benchmarks.sampler_speed [--workdir RUN] [--num 256] [--dpm-nfe 20] \
+        [--em-steps 1000] [--repeats 5] [--quick]
     python -m benchmarks.sampler_speed --problem mix64d [--num 2000]
 
-digits (default): the EMA model of a trained run of experiments.main (its own
-config.json unless --config is given); quality is the classifier Fréchet distance
-to the test split. mix64d: the exact score of the 64-D Gaussian mixture of the
-sampler study; quality is the sliced Wasserstein distance to exact samples. Both
-samplers start from the same initial noise (`experiments.sampler_study`). Each
-jitted sampler is warmed up, then timed as the median of --repeats runs, blocking
-on the result. Prints both rates, the speed-up and each sampler's quality next to
-the floor (data against data) so that "equal quality" can be read off.
+digits (with --workdir): the EMA model of a trained digits score run of
+experiments.main, built from the run's saved config (`experiments.run_config.load_run`;
+--config only supplies keys a newer config added); quality is the classifier
+Fréchet distance to the test split. mix64d (without --workdir, or with --problem
+mix64d): the exact score of the 64-D Gaussian mixture of the sampler study;
+quality is the sliced Wasserstein distance to exact samples. Both samplers start
+from the same initial noise (`experiments.sampler_study`). Each jitted sampler is
+warmed up, then timed as the median of --repeats runs, blocking on the result.
+Prints both rates, the speed-up and each sampler's quality next to the floor
+(data against data) so that "equal quality" can be read off. --quick: 100
+samples, Euler-Maruyama at 100 steps, 2 repeats.
 """
 import argparse
-import json
-import os
 import time
 
 import jax
 from absl import logging
 
-from benchmarks.common import device_description, time_fn
+from benchmarks.common import device_description, no_run_note, time_fn, trained_config
 from experiments import sampler_study as ss
-
-
-def load_config(config_path, workdir):
-    """The config file given, else the run's own config.json (with its overrides)."""
-    import ml_collections
-
-    from experiments import configuration
-
-    if config_path:
-        return configuration.load_config_file(config_path)
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise SystemExit(f"no config.json in {workdir!r}; pass --config")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+from experiments.configuration import ConfigError, exit_with, load_config_file
 
 
 def build_problem(args):
-    if args.problem == "mix64d":
+    if args.problem == "mix64d" or (args.problem is None and not args.workdir):
+        if args.problem is None:
+            print(no_run_note("--workdir", "the exact score of the 64-D Gaussian mixture (mix64d) instead "
+                              "of a trained digits model", "sampling time grows with the network's cost"))
         return ss.mix64d_problem(args.num or ss.DEFAULT_NUM["mix64d"])
     if not args.workdir:
         raise SystemExit("--problem digits needs --workdir of a trained run")
-    config = load_config(args.config, args.workdir)
+    template = None
+    if args.config:
+        template = load_config_file(args.config)
+    config = trained_config(args.workdir, ("score_sde", "ddpm"), template=template)
+    if config.data.name != "digits":
+        exit_with(ConfigError(f"--workdir={args.workdir}: a run on {config.data.name!r}; --problem digits "
+                              f"reads a run on 'digits' (e.g. configs/digits_score_sde.py)"))
     return ss.digits_problem(config, args.workdir, args.num or ss.DEFAULT_NUM["digits"])
 
 
@@ -63,14 +59,20 @@ def measure(problem, name, target_nfe, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problem", choices=("digits", "mix64d"), default="digits")
+    parser.add_argument("--problem", choices=("digits", "mix64d"), default=None,
+                        help="digits with --workdir, else mix64d")
     parser.add_argument("--workdir", default=None, help="a trained digits run")
-    parser.add_argument("--config", default=None, help="config file (default: <workdir>/config.json)")
+    parser.add_argument("--config", default=None,
+                        help="the run's config file, for keys its saved config lacks (the run's own values win)")
     parser.add_argument("--num", type=int, default=None, help="samples per call (256 digits, 2000 mix64d)")
     parser.add_argument("--dpm-nfe", type=int, default=20)
     parser.add_argument("--em-steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest sizes, a smoke run (replaces the size flags)")
     args = parser.parse_args()
+    if args.quick:
+        args.num, args.em_steps, args.repeats = 100, 100, 2
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
 
     print(f"device: {device_description()}")

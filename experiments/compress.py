@@ -177,9 +177,10 @@ class LMCoder:
     """A trained LM (net + EMA params of a workdir's newest checkpoint), its coding
     rule, and the identity (params_id, settings_id) its files carry."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, config=None):
+        """`config`: the run's config (default: its config.json)."""
         self.workdir = workdir
-        self.config, self.params, self.step = text_source.restore_params(workdir)
+        self.config, self.params, self.step = text_source.restore_params(workdir, config)
         self.net = text_source.build_net(self.config)
         cc = self.config.get("compress", {})
         self.keep = int(cc.get("keep", 0) or self.net.max_len // 2)
