@@ -7,7 +7,9 @@ For each guidance weight w draws `num` samples for labels 0, 1, ..., 9, 0, ...
 (same initial noise for every w) with the config's sampler and reports the digits
 classifier's accuracy on them (the fraction classified as the label they were drawn
 for) and the Fréchet distance of its features to the test split. Writes
-guidance_sweep.{json,md} and one sample grid per w (rows are classes) to the workdir.
+guidance_sweep.{json,md} and one sample grid per w to the workdir: the first 100
+samples sorted by label, so row r holds class r; the title names the sampler, its
+steps, w and the training step.
 """
 import json
 import os
@@ -18,6 +20,7 @@ import numpy as np
 from absl import flags
 
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
+from experiments import plots
 
 _WEIGHTS = flags.DEFINE_list("weights", ["0", "0.5", "1", "2", "4"], "Guidance weights w.")
 DEFAULT_NUM = 500  # samples per weight
@@ -38,12 +41,19 @@ def guidance_sweep(config, workdir, weights, num):
         samples = np.asarray(draw(state.ema_params, key, float(w)))
         quality = exp.source.sample_quality(samples, labels)
         rows.append({"guidance": float(w), **quality, "seconds": time.perf_counter() - t0})
-        order = np.argsort(labels[:100], kind="stable")
+        order = np.argsort(labels[:100], kind="stable")  # sorted by label: one class per row
         exp.source.plot_samples(os.path.join(workdir, f"guided_w{w}.png"), samples[:100][order],
-                                title=f"guidance w = {w} (rows: classes 0-9)")
+                                title=grid_title(config, kwargs, w, int(state.step)), sorted_by_label=True)
         print(f"w={w}: class accuracy {quality['class_accuracy']:.3f}, "
               f"FD {quality['frechet_distance']:.2f}", flush=True)
     return rows
+
+
+def grid_title(config, kwargs, weight, step):
+    """The sample grid's title: model, sampler and its steps, the guidance weight, the
+    training step and the weights sampled (the source adds where the classes are)."""
+    return plots.sample_title(config.model.get("sde", config.family), config.sample.method,
+                              num_steps=kwargs.get("num_steps"), guidance=float(weight), step=step, params="EMA")
 
 
 def to_markdown(rows, config):
@@ -56,8 +66,8 @@ def to_markdown(rows, config):
 
 def main(argv):
     del argv
-    config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
-    main_lib.check_run(config, workdir)
+    workdir = main_lib._WORKDIR.value
+    config = main_lib.trained_config(workdir)
     rows = guidance_sweep(config, workdir, _WEIGHTS.value, (main_lib.NUM_SAMPLES.value or DEFAULT_NUM))
     with open(os.path.join(workdir, "guidance_sweep.json"), "w") as f:
         json.dump(rows, f, indent=2)

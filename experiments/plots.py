@@ -9,14 +9,40 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path, dpi=120):
+def save(fig, path, dpi=120):
+    """Lays the figure out, writes it to `path` and closes it; returns it."""
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return fig
 
 
-def _plane_axes(ax, low, high):
+def sample_title(model, method, num_steps=None, guidance=None, step=None, params="EMA") -> str:
+    """The title of a sample plot: "<model>, <sampler> sampler, <N> steps, guidance
+    w=<w>, training step <s> (<params> weights)", each part left out when None.
+
+    model: the SDE or family (e.g. "vpsde", "flow_matching"); method: the sampler
+    (config.sample.method); num_steps: the sampler's steps (None for an adaptive
+    solver or a one-shot sampler); guidance: the classifier-free guidance weight;
+    step: the training step of the sampled checkpoint; params: which weights were
+    sampled ("EMA"/"ema", "raw"; None leaves it out)."""
+    parts = [str(model)] if model is not None else []
+    if method is not None:
+        parts.append(f"{method} sampler")
+    if num_steps is not None:
+        parts.append(f"{int(num_steps)} step{'' if int(num_steps) == 1 else 's'}")
+    if guidance is not None:
+        parts.append(f"guidance w={float(guidance):g}")
+    if step is not None:
+        parts.append(f"training step {int(step)}")
+    title = ", ".join(parts)
+    if params is not None:
+        name = "EMA" if str(params).lower() == "ema" else str(params)
+        title = f"{title} ({name} weights)" if title else f"{name} weights"
+    return title
+
+
+def plane_axes(ax, low, high):
     """Equal-aspect axes of the 2-D data plane, labelled by coordinate."""
     ax.set_xlim(low, high)
     ax.set_ylim(low, high)
@@ -31,9 +57,9 @@ def scatter_samples(path, samples, data, lim=4.5, title=""):
         points = np.asarray(points)
         ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
         ax.set_title(f"{name} ({len(points)} points)")
-        _plane_axes(ax, -lim, lim)
+        plane_axes(ax, -lim, lim)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def density_heatmap(path, log_density_GG, lim, title=""):
@@ -41,9 +67,9 @@ def density_heatmap(path, log_density_GG, lim, title=""):
     im = ax.imshow(np.exp(np.asarray(log_density_GG)), origin="lower",
                    extent=(-lim, lim, -lim, lim), cmap="viridis")
     fig.colorbar(im, ax=ax, label="model density p(x)")
-    _plane_axes(ax, -lim, lim)
+    plane_axes(ax, -lim, lim)
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _loss_axes(ax, losses):
@@ -59,7 +85,7 @@ def loss_curve(path, steps, losses, title="training loss"):
     ax.plot(np.asarray(steps), np.asarray(losses), lw=0.8, marker="." if len(steps) < 50 else None)
     _loss_axes(ax, losses)
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def image_grid(path, grid_HWC, vmax, title=""):
@@ -68,7 +94,7 @@ def image_grid(path, grid_HWC, vmax, title=""):
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid / vmax, cmap="gray_r", vmin=0, vmax=vmax)
     ax.set_axis_off()
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def loss_curves(path, curves: dict, title="training loss (mean over seeds, band: min-max)"):
@@ -82,7 +108,7 @@ def loss_curves(path, curves: dict, title="training loss (mean over seeds, band:
     _loss_axes(ax, np.concatenate([np.ravel(c) for c in curves.values()]))
     ax.set_title(title)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def density_comparison(path, model_GG, true_GG, samples, box, title=""):
@@ -100,7 +126,7 @@ def density_comparison(path, model_GG, true_GG, samples, box, title=""):
     axes[2].scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
     axes[2].set_title(f"MALA samples ({len(points)})")
     for ax in axes:
-        _plane_axes(ax, low, high)
+        plane_axes(ax, low, high)
     fig.suptitle(title)
     fig.savefig(path, dpi=110)  # no tight_layout: it does not fit a colour bar shared by two axes
     plt.close(fig)
@@ -121,7 +147,7 @@ def scatter_per_seed(path, samples_KN2, titles, lim=4.5, columns=5, suptitle="")
             continue
         ax.scatter(samples_KN2[i, :, 0], samples_KN2[i, :, 1], s=1.0, alpha=0.5, linewidths=0)
         ax.set_title(titles[i], fontsize=7)
-        _plane_axes(ax, -lim, lim)
+        plane_axes(ax, -lim, lim)
         ax.tick_params(labelsize=6)
     fig.suptitle(suptitle, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

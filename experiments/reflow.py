@@ -8,11 +8,16 @@ one-step distillation, and how many Euler steps each needs.
 Stages (each one loads its checkpoint from the workdir if it is complete, so a
 rerun only evaluates):
 
-1. base: flow matching on independent pairs (the 1-rectified flow), trained by
-   experiments.main's `train` in --base_workdir (default <workdir>/base). An
-   existing run is reused only if its saved config agrees with this config on the
-   base fields (seed, family, data, model, optim, train), by the rules of
-   `experiments.run_config` (the base's config.json holds those fields);
+1. base: flow matching on independent pairs (the 1-rectified flow) in
+   --base_workdir (default <workdir>/base). When that workdir holds a run (a
+   config.json, e.g. one of `python -m experiments.main
+   --config=configs/toy_flow_matching.py`), the base fields (seed, family, data,
+   model, optim, train) are that run's saved config, not --config's: the run
+   is reused (resumed if incomplete), and --config.<base field> overrides given
+   on the command line are checked against it by the resume rules of
+   `experiments.run_config` (train.num_steps may extend it; data.name may not
+   change). Otherwise the base is trained there by experiments.main's `train`
+   from --config;
 2. reflow: `reflow.num_pairs` pairs (x0, ODE_base(x0)) solved with
    reflow.pair_method, and the net trained on them from the base weights (2-rectified flow);
 3. distill: the one-step map x1 = x0 + v(x0, 0) trained on pairs of the
@@ -23,21 +28,25 @@ held-out data after 1, 2, 4, ... Euler steps (config.compare.euler_steps), the
 straightness of base and reflowed flows, and the SWD between two data sets of the
 same size (the floor). Writes reflow_results.{json,md} and reflow.png to the workdir.
 
-The workdir's config.json is the identity of the stages trained there: a rerun with
-another config is refused before anything is built (`experiments.run_config`).
+The workdir's config.json (--config with the base run's fields) is the identity of
+the stages trained there: a rerun with another config is refused before anything is
+built (`experiments.run_config`).
 """
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import flags, logging
 
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
 from experiments import experiment, plots, registry, run_config, run_loop  # noqa: F401  (plots: headless backend)
 from experiments import configuration
+from experiments.configuration import ConfigError
 from experiments.checkpoint import Checkpointer
 from genjax import metrics as metrics_lib
 from genjax import train as train_lib
@@ -48,6 +57,61 @@ _BASE_WORKDIR = flags.DEFINE_string(
 
 BASE_FIELDS = ("seed", "family", "data", "model", "optim", "train")
 _PAIRS_STREAM, _EVAL_STREAM, _FLOOR_STREAM, _SWD_STREAM = 31, 32, 33, 34
+
+
+def command_line_keys(argv, flag: str = "config") -> list:
+    """The dotted keys that argv's --config.KEY=VALUE (or --config.KEY VALUE) overrides set."""
+    prefix = f"--{flag}."
+    return [arg[len(prefix):].split("=", 1)[0] for arg in argv if arg.startswith(prefix)]
+
+
+def _get(config, key):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def _put(config, key, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+def _with_sections(into: dict, source: dict, sections) -> dict:
+    """`into` with each of the top-level `sections` that `source` has taken from `source` (plain dicts)."""
+    return {**into, **{k: source[k] for k in sections if k in source}}
+
+
+def with_base_run(config, base_workdir, overrides=()):
+    """(config, note): the config the reflow runs with, given --config and the
+    base workdir.
+
+    When base_workdir holds a run (`run_config.saved_config` is not None), the base
+    fields (BASE_FIELDS) are that run's saved config (`run_config.load_run`, with
+    --config supplying keys the saved one lacks), and `overrides` (dotted keys that
+    the command line set) of base fields keep --config's value on top, to be
+    checked against the run by `check_base_config`; `note` is one line naming
+    the run. Otherwise `config` itself and None: the base is trained from it."""
+    saved = run_config.saved_config(base_workdir) if os.path.isdir(base_workdir) else None
+    if saved is None:
+        return config, None
+    if saved.get("family") != config.family:
+        raise ConfigError(
+            f"--base_workdir={base_workdir} holds a {saved.get('family')!r} run; the base of a reflow is a "
+            f"{config.family!r} run (python -m experiments.main --config=configs/toy_flow_matching.py "
+            f"--workdir={base_workdir}), or a workdir without a run, where the base is trained from --config")
+    base = run_config.load_run(base_workdir, template=config)
+    merged = ml_collections.ConfigDict(_with_sections(config.to_dict(), base.to_dict(), BASE_FIELDS))
+    given = [k for k in overrides if k.split(".", 1)[0] in BASE_FIELDS]
+    for key in given:
+        _put(merged, key, _get(config, key))
+    merged.lock()
+    note = (f"base flow: {base_workdir} (its {run_config.CONFIG_FILE}: {base.data.name}, "
+            f"{base.train.num_steps} steps)")
+    if given:
+        note += "; from the command line: " + ", ".join(f"{k}={_get(config, k)}" for k in given)
+    return merged, note
 
 
 def check_base_config(config, base_workdir, allow=()):
@@ -63,8 +127,16 @@ def load_or_train_base(config, base_workdir, allow=()):
     done = ckpt.latest_step() == config.train.num_steps
     ckpt.close()
     if not done:
-        main_lib.train(config, base_workdir, progress=False, allow_changes=allow,
-                       identity_sections=BASE_FIELDS)
+        train_config, sections = config, BASE_FIELDS
+        saved = run_config.saved_config(base_workdir)
+        if saved is not None:
+            # resuming a run: its identity is what its config.json holds, and the sections
+            # besides the base fields (a run of experiments.main has sample, eval) stay its own
+            run = run_config.load_run(base_workdir, template=config).to_dict()
+            train_config = ml_collections.ConfigDict(_with_sections(run, config.to_dict(), BASE_FIELDS))
+            sections = tuple(saved)
+        main_lib.train(train_config, base_workdir, progress=False, allow_changes=allow,
+                       identity_sections=sections)
     return main_lib._restore(config, base_workdir)
 
 
@@ -240,48 +312,48 @@ def to_markdown(results, config):
 
 
 def figure(path, pictures, results):
-    """Top: data and one-step samples; bottom: Euler trajectories and 4-step samples."""
+    """Top: data and one-step samples of every model; bottom: Euler trajectories and
+    4-step samples of the base and reflowed flows. Every panel is the data plane
+    (x1, x2) with a legend saying what its points are. Returns the (closed) Figure."""
     import matplotlib.pyplot as plt  # experiments.plots has selected the Agg backend
 
     lim = 1.1 * float(np.quantile(np.abs(pictures["data"]), 0.999))
-
     base, reflow = "base (1-rectified)", "reflow (2-rectified)"
     swd1 = {r["model"]: r["swd"]["1"] for r in results["rows"]}
-    top = [("data", pictures["data"])] + [
-        (f"{name}\n1 step, SWD {swd1[name]:.3f}", pictures[(name, 1)])
+    n_data = len(pictures["data"])
+    # (title, points, legend label of the points)
+    top = [(f"held-out data ({n_data} points)", pictures["data"], "data")] + [
+        (f"{name}\n1 step, SWD {swd1[name]:.3f}", pictures[(name, 1)],
+         "one network evaluation" if name.startswith("distilled") else "1 Euler step")
         for name in swd1 if (name, 1) in pictures]
-    bottom = [(f"{name}\ntrajectories, straightness {r['straightness']:.3f}", pictures[(name, "trajectories")])
-              for name, r in ((base, results["rows"][0]), (reflow, results["rows"][1]))]
+    flows = ((base, results["rows"][0]), (reflow, results["rows"][1]))
+    bottom = [(f"{name}\ntrajectories, straightness {r['straightness']:.4f}", pictures[(name, "trajectories")], None)
+              for name, r in flows]
     if (base, 4) in pictures:
-        bottom += [(f"{name}\n4 steps, SWD {r['swd']['4']:.3f}", pictures[(name, 4)])
-                   for name, r in ((base, results["rows"][0]), (reflow, results["rows"][1]))]
+        bottom += [(f"{name}\n4 Euler steps, SWD {r['swd']['4']:.3f}", pictures[(name, 4)], "4 Euler steps")
+                   for name, r in flows]
     cols = max(len(top), len(bottom))
-    fig, axes = plt.subplots(2, cols, figsize=(3 * cols, 7), squeeze=False)
-    for ax in axes.ravel():
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax, (title, points) in zip(axes[0], top):
-        ax.scatter(points[:, 0], points[:, 1], s=0.5, alpha=0.4)
-        ax.set_title(title, fontsize=8)
-    for ax, (title, points) in zip(axes[1], bottom):
-        if points.ndim == 3:  # (steps + 1, N, 2) trajectories
-            ax.plot(points[:, :, 0], points[:, :, 1], lw=0.5, color="tab:blue", alpha=0.6)
-            ax.scatter(points[0, :, 0], points[0, :, 1], s=3, color="gray", label="noise")
-            ax.scatter(points[-1, :, 0], points[-1, :, 1], s=3, color="tab:red", label="sample")
-        else:
-            ax.scatter(points[:, 0], points[:, 1], s=0.5, alpha=0.4)
-        ax.set_title(title, fontsize=8)
-    for ax in axes.ravel()[len(top):cols]:
-        ax.set_visible(False)
-    for ax in axes[1][len(bottom):]:
-        ax.set_visible(False)
-    fig.suptitle(f"rectified flow on {results['dataset']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 7.6), squeeze=False)
+    for row, panels in ((axes[0], top), (axes[1], bottom)):
+        for ax, (title, points, label) in zip(row, panels):
+            if points.ndim == 3:  # (steps + 1, N, 2) Euler trajectories from t = 0 to t = 1
+                ax.plot(points[:, :, 0], points[:, :, 1], lw=0.5, color="tab:blue", alpha=0.6)
+                ax.lines[0].set_label(f"path ({len(points) - 1} Euler steps)")
+                ax.scatter(points[0, :, 0], points[0, :, 1], s=3, color="gray", label="noise $x_0$ (t = 0)")
+                ax.scatter(points[-1, :, 0], points[-1, :, 1], s=3, color="tab:red", label="sample $x_1$ (t = 1)")
+            else:
+                ax.scatter(points[:, 0], points[:, 1], s=0.5, alpha=0.4,
+                           color="gray" if label == "data" else "tab:blue", label=f"{label} ({len(points)})")
+            plots.plane_axes(ax, -lim, lim)
+            ax.tick_params(labelsize=6)
+            ax.set_title(title, fontsize=8)
+            ax.legend(fontsize=6, loc="upper right", markerscale=4, framealpha=0.7)
+        for ax in row[len(panels):]:
+            ax.set_visible(False)
+    fig.suptitle(f"rectified flow on {results['dataset']}: samples from the same noise for every model "
+                 f"(SWD: sliced Wasserstein distance to held-out data, floor {results['swd_floor']:.3f})",
+                 fontsize=9)
+    return plots.save(fig, path)
 
 
 def main(argv):
@@ -291,6 +363,10 @@ def main(argv):
     base_workdir = _BASE_WORKDIR.value or os.path.join(workdir, "base")
     allow = main_lib.ALLOW_CONFIG_CHANGE.value
     configuration.validate(config)
+    config, note = with_base_run(config, base_workdir, command_line_keys(sys.argv[1:]))
+    if note is not None:
+        print(note, flush=True)
+        configuration.validate(config)
     plan = run_config.check_workdir(workdir, config, allow=allow)
     check_base_config(config, base_workdir, allow)
     run_config.commit(plan)
@@ -306,4 +382,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main_lib.run(main)
+    main_lib.run(main, required=("config", "workdir"))

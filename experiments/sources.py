@@ -66,7 +66,7 @@ class ToySource:
         return self.density.sample(jax.random.fold_in(self.key, _HELD_OUT_STREAM), num)
 
     def plot_samples(self, path, samples, title):
-        plots.scatter_samples(path, samples, self.held_out(len(samples)), title=title)
+        return plots.scatter_samples(path, samples, self.held_out(len(samples)), title=title)
 
     def mode_metrics(self, samples) -> dict:
         """Modes captured, fraction of high-quality samples and reverse KL of the mode
@@ -80,10 +80,22 @@ class ToySource:
                 "high_quality_fraction": float(found["high_quality_fraction"]),
                 "reverse_kl": float(found["reverse_kl"])}
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None):
+    def density_method(self, log_prob_kwargs) -> str:
+        """How `model.log_prob` with these keywords computes the log-density, for a title."""
+        if "rtol" in log_prob_kwargs:
+            ode = "probability-flow ODE" if "sde" in self.config.model else "flow ODE"
+            trace = {True: "exact divergence, ", False: "Hutchinson trace estimate, "}.get(
+                log_prob_kwargs.get("exact_divergence"), "")
+            return f"{ode}, {trace}tol {log_prob_kwargs['rtol']:g}"
+        if "resolution" in log_prob_kwargs:
+            return f"exp(-E)/Z, Z by quadrature on a {log_prob_kwargs['resolution']}-point grid"
+        return "exact change of variables"
+
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None, step=None):
         """NLL on held-out samples (`model.log_prob` with `log_prob_kwargs`; skipped when
         those are None: the family has no likelihood), sliced Wasserstein distance of
-        the samples against exact data, and a learned-density heatmap."""
+        the samples against exact data, and a learned-density heatmap whose title says
+        how the density was computed and, given `step`, the training step of `params`."""
         ec = self.config.eval
         result = {}
         if self.density.entropy is not None:
@@ -118,9 +130,11 @@ class ToySource:
             logp_grid = np.concatenate([
                 np.asarray(log_prob_heat(params, jax.random.PRNGKey(3), chunk))
                 for chunk in jnp.array_split(points, max(1, len(points) // 4000))])
+            when = "" if step is None else f", training step {int(step)}"
             plots.density_heatmap(os.path.join(workdir, "density.png"),
                                   logp_grid.reshape(ec.grid_size, ec.grid_size), lim,
-                                  title=f"learned density, NLL {result['nll_nats']:.3f} nats")
+                                  title=f"model density ({self.density_method(heat_kwargs)}){when}\n"
+                                        f"held-out NLL {result['nll_nats']:.3f} nats")
         return result
 
 
@@ -163,10 +177,30 @@ class ImageSource:
         n = min(batch_size, len(self.train_images))
         return self._batch(jax.random.PRNGKey(0), self.train_images[:n], self.train_labels[:n])
 
-    def plot_samples(self, path, samples, title):
+    def label_layout(self, num, sorted_by_label=False) -> str | None:
+        """Where the classes are in a grid of `num` samples (10 per row) of a
+        class-conditional model, drawn for labels 0, 1, ..., k-1, 0, ...; None when
+        the model is unconditional."""
+        k = self.num_classes
+        if k is None:
+            return None
+        if sorted_by_label:
+            if k == 10 and num == 100:
+                return "rows: classes 0-9 (the label each sample was drawn for)"
+            return f"sorted by the label each sample was drawn for (0-{k - 1}), 10 per row"
+        if k == 10:
+            return "columns: classes 0-9 (sample i drawn for label i mod 10)"
+        return f"sample i (row by row, 10 per row) drawn for label i mod {k}"
+
+    def plot_samples(self, path, samples, title, *, sorted_by_label=False):
+        """A grid of the first 100 samples, 10 per row; for a class-conditional model
+        the title also says where the classes are (`label_layout`): columns for
+        samples in drawing order, rows for samples the caller sorted by label."""
         levels = np.asarray(images_lib.to_levels(jnp.asarray(samples[:100]), self.num_levels))
         grid = np.asarray(images_lib.image_grid(levels, nrow=10, pad_value=self.num_levels - 1))
-        plots.image_grid(path, grid, vmax=self.num_levels - 1, title=title)
+        layout = self.label_layout(len(levels), sorted_by_label)
+        title = title if layout is None else f"{title}\n{layout}" if title else layout
+        return plots.image_grid(path, grid, vmax=self.num_levels - 1, title=title)
 
     def discrete_nll(self, model, params, split, num=None, **ll_kwargs):
         """Per-image bound on -log P(x) of the 17-level data, nats (dequantized ODE NLL),
@@ -201,13 +235,13 @@ class ImageSource:
             result["class_accuracy"] = float(np.mean(np.asarray(predicted) == np.asarray(labels)))
         return result
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None):
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None, step=None):
         """NLL of the discrete images (nats per image, bits/dim) on config.eval.split
         (skipped when `log_prob_kwargs` is None: the family has no likelihood); with
         samples (digits), the Fréchet distance of the digits classifier's features
         to the test set and, for a conditional model, the class accuracy of the
         samples, drawn for labels 0, 1, ..., 9, 0, ..."""
-        del workdir, heatmap
+        del workdir, heatmap, step  # no figure here
         ec = self.config.eval
         result = {}
         if log_prob_kwargs is not None:

@@ -218,6 +218,129 @@ def test_base_run_with_another_config_is_refused(tmp_path):
     reflow_exp.check_base_config(config, str(tmp_path))  # agrees: no error
 
 
+TINY_BASE = {"model.hidden": (32, 32), "data.batch_size": 128, "train.num_steps": 100,
+             "train.checkpoint_every": 100, "train.steps_per_call": 100, "optim.warmup_steps": 20}
+
+
+def _set_keys(config, changes):
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+def tiny_base_run(workdir, data_name="checkerboard", stop_after=None):
+    """A tiny flow matching run of configs/toy_flow_matching.py (as experiments.main
+    trains it) on `data_name` in `workdir`; returns its config."""
+    from configs import toy_flow_matching
+    from experiments import main as main_lib
+
+    config = _set_keys(toy_flow_matching.get_config(), {**TINY_BASE, "data.name": data_name})
+    main_lib.train(config, str(workdir), stop_after=stop_after, progress=False)
+    return config
+
+
+def test_a_base_workdir_with_a_run_gives_the_reflow_its_base_fields(tmp_path):
+    """The README's command: --base_workdir holds a checkerboard run of
+    configs/toy_flow_matching.py while configs/toy_reflow.py defaults to the eight
+    gaussians; the reflow takes data, model, optim, train and seed from the run."""
+    from experiments import reflow as reflow_exp
+    from experiments import run_config
+
+    base_dir = str(tmp_path / "fm")
+    tiny_base_run(base_dir, "checkerboard")
+    config = tiny_config()  # configs/toy_reflow.py: eight gaussians, 200 base steps
+    assert config.data.name == "eight_gaussians"
+    merged, note = reflow_exp.with_base_run(config, base_dir)
+    assert note == f"base flow: {base_dir} (its config.json: checkerboard, 100 steps)"
+    assert merged.data.name == "checkerboard" and merged.train.num_steps == 100
+    assert merged.model.hidden == (32, 32) and isinstance(merged.model.hidden, tuple)
+    for field in reflow_exp.BASE_FIELDS:
+        assert run_config.as_json(merged[field]) == run_config.as_json(run_config.load_run(base_dir)[field]), field
+    # the reflow's own sections stay --config's
+    assert run_config.as_json(merged, ("reflow", "distill", "compare")) == run_config.as_json(
+        config, ("reflow", "distill", "compare"))
+    assert merged.is_locked and config.data.name == "eight_gaussians"  # --config itself is not changed
+    reflow_exp.check_base_config(merged, base_dir)  # the identity check passes
+    exp, state = reflow_exp.load_or_train_base(merged, base_dir)  # restored: nothing trains
+    assert int(state.step) == 100 and exp.source.config.data.name == "checkerboard"
+
+    # command-line overrides of base fields are checked against the run like a resume
+    config.train.num_steps = 300
+    merged, note = reflow_exp.with_base_run(config, base_dir, ["train.num_steps", "reflow.num_pairs"])
+    assert merged.train.num_steps == 300
+    assert note == f"base flow: {base_dir} (its config.json: checkerboard, 100 steps); from the command line: " \
+                   f"train.num_steps=300"
+    reflow_exp.check_base_config(merged, base_dir)  # a longer base: it resumes
+    merged, _ = reflow_exp.with_base_run(config, base_dir, ["data.name"])
+    with pytest.raises(ValueError, match=r'data.name: "checkerboard" -> "eight_gaussians"'):
+        reflow_exp.check_base_config(merged, base_dir)
+
+    # no run in the base workdir: the base is trained from --config, as before
+    assert reflow_exp.with_base_run(config, str(tmp_path / "empty")) == (config, None)
+    # a run of another family is not a base flow
+    saved = json.load(open(os.path.join(base_dir, "config.json")))
+    os.makedirs(tmp_path / "cnf")
+    with open(tmp_path / "cnf" / "config.json", "w") as f:
+        json.dump({**saved, "family": "cnf"}, f)
+    with pytest.raises(ValueError, match="holds a 'cnf' run; the base of a reflow is a 'flow_matching' run"):
+        reflow_exp.with_base_run(config, str(tmp_path / "cnf"))
+
+
+def test_command_line_keys():
+    from experiments import reflow as reflow_exp
+
+    argv = ["--config=configs/toy_reflow.py", "--config.data.name=checkerboard", "--workdir=w",
+            "--config.train.num_steps", "20", "--base_workdir=b"]
+    assert reflow_exp.command_line_keys(argv) == ["data.name", "train.num_steps"]
+
+
+@pytest.mark.slow
+def test_readme_reflow_command_on_a_base_run_of_another_dataset(tmp_path):
+    """The CLI end to end: a tiny interrupted checkerboard base run, configs/toy_reflow.py
+    (eight gaussians) with tiny reflow stages: the base resumes with its saved config
+    and the reflow runs on the checkerboard; a rerun is accepted."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base_dir, wd = str(tmp_path / "fm"), str(tmp_path / "reflow")
+    tiny_base_run(base_dir, "checkerboard", stop_after=None)
+    # extend it by a command-line override (may change on resume) to check the resume path
+    tiny = {"reflow.num_pairs": 512, "reflow.pair_chunk": 512, "reflow.pair_num_steps": 4,
+            "compare.num": 128, "compare.straightness_num": 32, "compare.straightness_steps": 10,
+            "compare.num_trajectories": 4, "compare.euler_steps": "(1,2,4)"}
+    for section in ("reflow", "distill"):
+        tiny.update({f"{section}.train.num_steps": 50, f"{section}.train.checkpoint_every": 50,
+                     f"{section}.train.steps_per_call": 50, f"{section}.optim.warmup_steps": 5})
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", PYTHONPATH=repo,
+               JAX_COMPILATION_CACHE_DIR=os.path.join(repo, ".jax_cache"))
+    command = [sys.executable, "-m", "experiments.reflow", "--config=configs/toy_reflow.py", f"--workdir={wd}",
+               f"--base_workdir={base_dir}", *(f"--config.{k}={v}" for k, v in tiny.items())]
+    first = subprocess.run(command + ["--config.train.num_steps=200"], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.splitlines()[0] == (f"base flow: {base_dir} (its config.json: checkerboard, 100 steps); "
+                                            f"from the command line: train.num_steps=200")
+    # the resume changed the step budget alone: the run keeps its own sample and eval sections
+    with open(os.path.join(base_dir, "config_changes.jsonl")) as f:
+        (record,) = [json.loads(line) for line in f]
+    assert [c["key"] for c in record["changes"]] == ["train.num_steps"]
+    results = json.load(open(os.path.join(wd, "reflow_results.json")))
+    assert results["dataset"] == "checkerboard" and results["steps"]["base"] == 200
+    identity = json.load(open(os.path.join(wd, "config.json")))
+    assert identity["data"]["name"] == "checkerboard" and identity["model"]["hidden"] == [32, 32]
+    # the same command again (the base is now at 200 steps): every stage loads
+    again = subprocess.run(command + ["--config.train.num_steps=200"], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.load(open(os.path.join(wd, "reflow_results.json")))["rows"] == results["rows"]
+
+
 @pytest.mark.slow
 def test_reflow_experiment_end_to_end(tmp_path):
     from experiments import reflow as reflow_exp
