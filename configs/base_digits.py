@@ -58,6 +58,7 @@ def get_config():
     c.sample.guidance = 0.0             # classifier-free guidance weight w (conditional models)
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.split = "test"
     c.eval.num = 0                      # images of the split to evaluate (0: all)
     c.eval.exact_divergence = False     # Hutchinson (Rademacher), one probe per image

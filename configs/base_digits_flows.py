@@ -28,6 +28,7 @@ def get_config(family: str):
     c.sample = ml_collections.ConfigDict()
     c.sample.num = 100
     c.eval = ml_collections.ConfigDict()
+    c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.split = "test"
     c.eval.num = 0                      # images of the split to evaluate (0: all)
     c.eval.classifier_dir = "runs/digits_classifier"

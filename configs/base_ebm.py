@@ -84,6 +84,7 @@ def get_config(data: str, objective: str):
     c.sample.noise_scale = ml_collections.FieldReference(None, field_type=float)  # sgld only
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.num = 2_000                  # held-out samples for the NLL (std. error ~0.02 nats)
     c.eval.resolution = 512             # quadrature grid of Z: resolution^2 cells over the box
     c.eval.grid_size = 64               # learned-density heatmap resolution

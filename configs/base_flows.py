@@ -54,6 +54,7 @@ def get_config(family: str):
         c.sample.atol = 1e-5
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.num = 2_000                  # held-out samples for the NLL (std. error ~0.01 nats)
     c.eval.grid_size = 64               # learned-density heatmap resolution
     c.eval.heatmap_tol = 1e-3           # ODE tolerance for the heatmap (a picture, not a number)

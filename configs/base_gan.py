@@ -62,6 +62,7 @@ def get_config(data: str, loss: str):
     c.sample.method = "generator"
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.num = 2_500
     c.eval.grid_size = 64
     c.eval.split = "test"                     # digits

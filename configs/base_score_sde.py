@@ -43,6 +43,7 @@ def get_config():
     c.sample.eps = 1e-3
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.num = 2_000                  # held-out samples for the NLL (std. error ~0.01 nats)
     c.eval.exact_divergence = True
     c.eval.rtol = 1e-5

@@ -39,6 +39,7 @@ def training(num_steps: int, checkpoint_every: int, steps_per_call: int = 100) -
     c.num_steps = num_steps
     c.steps_per_call = steps_per_call
     c.checkpoint_every = checkpoint_every
+    c.log_every = 10                    # metrics.jsonl gets every 10th step, whatever steps_per_call is
     c.keep_checkpoints = 3
     c.fsdp = 1
     c.host_loop = "auto"                # auto | on | off: step from Python (auto: CPU + conv net)

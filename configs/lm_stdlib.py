@@ -58,6 +58,7 @@ def get_config():
     c.sample.top_p = 0.0                # 0 = off
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.batch_size = 64              # validation windows per forward pass
     c.eval.num_windows = 0              # validation windows for the final numbers (0 = all)
     c.eval.curve_windows = 128          # windows per point of the validation curve (0 = no curve)

@@ -1,4 +1,4 @@
-"""Ablations: every combination of swept config values x seeds, trained together.
+r"""Ablations: every combination of swept config values x seeds, trained together.
 
     python -m experiments.ablate --config=configs/lm_stdlib.py --workdir=runs/ablate \
         --sweep='optim.learning_rate=1e-4,3e-4,1e-3' --sweep='model.dropout=0,0.1' \
@@ -40,6 +40,9 @@ from experiments.ensemble import ensemble_runner
 from experiments.experiment import Experiment
 from genjax import train as train_lib
 
+flags.declare_key_flag("config")
+flags.declare_key_flag("workdir")
+flags.declare_key_flag("verbose")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "key=v1,v2,... (repeatable): values to cross.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per combination (config.seed + 0, 1, ...).")
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
@@ -246,4 +249,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main_lib.run(main)
+    main_lib.run(main, required=("config", "workdir"))

@@ -223,6 +223,7 @@ def _choice(choices):
 # group's config.optim.<group>, reflow.optim).
 _TRAIN_CHECKS = {
     "num_steps": _positive_int, "steps_per_call": _positive_int, "checkpoint_every": _positive_int,
+    "log_every": _positive_int,
     "keep_checkpoints": _positive_int, "grad_accum_steps": _positive_int, "fsdp": _positive_int,
     "spike_factor": _spike_factor, "spike_window": _positive_int, "peak_flops": _non_negative,
     "warmup_fraction": _fraction, "tokens": _positive_ints,
@@ -237,7 +238,7 @@ _SECTION_CHECKS = {
     "sample": {"num": _positive_int, "num_steps": _positive_int, "temperature": _positive,
                "top_k": _count, "top_p": _closed_fraction, "rtol": _positive, "atol": _positive,
                "step_size": _positive, "snr": _non_negative, "eps": _non_negative},
-    "eval": {"num": _count, "grid_size": _positive_int, "batch_size": _positive_int,
+    "eval": {"params": _choice(("ema", "raw")), "num": _count, "grid_size": _positive_int, "batch_size": _positive_int,
              "rtol": _positive, "atol": _positive, "heatmap_tol": _positive,
              "curve_windows": _count, "num_windows": _count},
     "compare": {"num": _positive_int, "euler_steps": _positive_ints, "num_trajectories": _positive_int,
@@ -308,6 +309,36 @@ def problems(config) -> list:
         found.append(f"data.batch_size={batch!r}; expected a multiple of train.grad_accum_steps={accum} "
                      f"(each batch is split into that many micro-batches)")
     return found
+
+
+def warnings(config) -> list:
+    """Values that can run but probably do not do what was meant, one line each: a
+    learning-rate warmup longer than the step budget (the rate never reaches its
+    peak). (A long EMA horizon is not one: its decay warms up, genjax.train.ema_decay_at.)"""
+    flat = flatten(config)
+    found = []
+    for key, value in flat.items():
+        section, _, last = key.rpartition(".")
+        budget_key = _budget_of(section, flat)
+        if budget_key is None or not _is_number(value):
+            continue
+        budget = flat[budget_key]
+        if last == "warmup_steps" and value > budget:
+            found.append(f"{key}={value} is more than {budget_key}={budget}: the learning rate reaches only "
+                         f"{budget / value:.0%} of its peak; lower {key}")
+    return found
+
+
+def _budget_of(section: str, flat: dict) -> str | None:
+    """The train.num_steps key that bounds an optimizer section (optim, optim.<group>,
+    reflow.optim -> reflow.train.num_steps), None when there is none."""
+    parts = section.split(".")
+    while parts:
+        if parts[-1] == "optim":
+            key = ".".join(parts[:-1] + ["train", "num_steps"])
+            return key if _is_int(flat.get(key)) else None
+        parts.pop()
+    return None
 
 
 def validate(config) -> None:

@@ -1,4 +1,4 @@
-"""What a trained energy-based model on a 2-D toy density has learned, measured.
+r"""What a trained energy-based model on a 2-D toy density has learned, measured.
 
     python -m experiments.ebm_study --config=configs/ebm_checkerboard.py \
         --workdir=runs/ebm [--num=4000] [--figure=docs/figures/ebm_checkerboard.png]
@@ -45,6 +45,11 @@ from genjax import metrics
 from genjax.ebm import model as ebm_lib
 from genjax.ebm import partition
 
+main_lib.define_num("Samples drawn by MALA for the figure and metrics (default: the script's DEFAULT_NUM).")
+flags.declare_key_flag("config")
+flags.declare_key_flag("workdir")
+flags.declare_key_flag("verbose")
+flags.declare_key_flag("num")
 _FIGURE = flags.DEFINE_string("figure", None, "Also write the density figure here.")
 DEFAULT_NUM = 4_000
 FLOOR_PAIRS = 5
@@ -167,9 +172,9 @@ def ebm_study(config, workdir, num):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
-    main_lib.check_run(config, workdir)
-    result, figure = ebm_study(config, workdir, main_lib.NUM_SAMPLES.value or DEFAULT_NUM)
+    workdir = main_lib._WORKDIR.value
+    config = main_lib.trained_config(workdir)
+    result, figure = ebm_study(config, workdir, flags.FLAGS.num or DEFAULT_NUM)
     with open(os.path.join(workdir, "ebm_study.json"), "w") as f:
         json.dump(result, f, indent=2)
     if _FIGURE.value:

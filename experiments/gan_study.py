@@ -1,4 +1,4 @@
-"""A GAN config trained on several seeds as one ensemble program, judged by its samples.
+r"""A GAN config trained on several seeds as one ensemble program, judged by its samples.
 
     python -m experiments.gan_study --config=configs/gan_grid25.py --workdir=runs/gan_grid25_study \
         --seeds=10 --strategy=vmap [--num=2500] [--figure=docs/figures/gan_grid25.png]
@@ -38,6 +38,13 @@ from experiments import ablate, configuration, plots, run_config  # ablate defin
 from experiments import main as main_lib  # defines --config (with overrides), --workdir, --num
 from experiments.experiment import Experiment
 
+main_lib.define_num("Samples per seed (default: config.sample.num).")
+flags.declare_key_flag("config")
+flags.declare_key_flag("workdir")
+flags.declare_key_flag("verbose")
+flags.declare_key_flag("num")
+flags.declare_key_flag("seeds")
+flags.declare_key_flag("strategy")
 _FIGURE = flags.DEFINE_string("figure", None, "Also write the per-seed sample figure here.")
 
 SAMPLE_STREAM = 11  # the key stream experiments.main samples from
@@ -141,7 +148,7 @@ def main(argv):
     configuration.validate(config)
     run_config.check_directory(workdir)
     os.makedirs(workdir, exist_ok=True)
-    num = main_lib.NUM_SAMPLES.value or config.sample.num
+    num = flags.FLAGS.num or config.sample.num
     result = gan_study(config, workdir, ablate._SEEDS.value, ablate._STRATEGY.value, num, _FIGURE.value)
     brief = {k: v for k, v in result.items() if k not in ("ema", "last")}
     brief["ema"] = result["ema"]["summary"]
@@ -150,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main_lib.run(main)
+    main_lib.run(main, required=("config", "workdir"))

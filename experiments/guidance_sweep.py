@@ -1,4 +1,4 @@
-"""Classifier-free guidance sweep on a trained class-conditional digits model.
+r"""Classifier-free guidance sweep on a trained class-conditional digits model.
 
     python -m experiments.guidance_sweep --config=configs/digits_cfg.py \
         --workdir=runs/digits_cfg [--weights=0,0.5,1,2,4] [--num=500]
@@ -22,6 +22,11 @@ from absl import flags
 from experiments import main as main_lib  # defines --config (with overrides) and --workdir
 from experiments import plots
 
+main_lib.define_num("Samples per guidance weight (default 500).")
+flags.declare_key_flag("config")
+flags.declare_key_flag("workdir")
+flags.declare_key_flag("verbose")
+flags.declare_key_flag("num")
 _WEIGHTS = flags.DEFINE_list("weights", ["0", "0.5", "1", "2", "4"], "Guidance weights w.")
 DEFAULT_NUM = 500  # samples per weight
 
@@ -68,7 +73,7 @@ def main(argv):
     del argv
     workdir = main_lib._WORKDIR.value
     config = main_lib.trained_config(workdir)
-    rows = guidance_sweep(config, workdir, _WEIGHTS.value, (main_lib.NUM_SAMPLES.value or DEFAULT_NUM))
+    rows = guidance_sweep(config, workdir, _WEIGHTS.value, (flags.FLAGS.num or DEFAULT_NUM))
     with open(os.path.join(workdir, "guidance_sweep.json"), "w") as f:
         json.dump(rows, f, indent=2)
     table = to_markdown(rows, config)

@@ -1,4 +1,4 @@
-"""Rectified flow on 2D toy data (Liu et al. 2023): base flow, one reflow round,
+r"""Rectified flow on 2D toy data (Liu et al. 2023): base flow, one reflow round,
 one-step distillation, and how many Euler steps each needs.
 
     python -m experiments.reflow --config=configs/toy_reflow.py --workdir=runs/reflow \
@@ -52,6 +52,10 @@ from genjax import metrics as metrics_lib
 from genjax import train as train_lib
 from genjax.flows import matching, ode, rectified
 
+flags.declare_key_flag("config")
+flags.declare_key_flag("workdir")
+flags.declare_key_flag("verbose")
+flags.declare_key_flag("allow_config_change")
 _BASE_WORKDIR = flags.DEFINE_string(
     "base_workdir", None, "Run directory of the base flow (default <workdir>/base); trained there if absent.")
 

@@ -16,7 +16,7 @@ each differing key as `key: saved -> requested`, unless
         and the run says so),
     train.steps_per_call, train.host_loop (the same steps, grouped otherwise:
         bit-identical on CPU, tests/test_config_checks.py),
-    train.checkpoint_every, train.keep_checkpoints,
+    train.checkpoint_every, train.log_every, train.keep_checkpoints,
     train.spike_factor, train.spike_window, train.peak_flops,
     the same keys of any other section named train (reflow.train, distill.train),
     data.data_dir, and every key of eval, sample, compress and compare;
@@ -54,7 +54,7 @@ CHANGES_FORMAT = "genjax-config-changes/1"
 CHECKPOINT_DIRS = ("checkpoints", "checkpoints_damaged")
 
 # Keys of any section named "train" that may change on resume.
-TRAIN_KEYS_THAT_MAY_CHANGE = ("num_steps", "steps_per_call", "host_loop", "checkpoint_every",
+TRAIN_KEYS_THAT_MAY_CHANGE = ("num_steps", "steps_per_call", "host_loop", "checkpoint_every", "log_every",
                               "keep_checkpoints", "spike_factor", "spike_window", "peak_flops")
 # Top-level sections read only after training (sampling, evaluation, compression).
 SECTIONS_THAT_MAY_CHANGE = ("eval", "sample", "compress", "compare")
@@ -66,6 +66,13 @@ NEVER_CHANGE = {
     "family": "another family is another model",
 }
 _ABSENT = object()
+
+
+def may_change_after_training(key: str) -> bool:
+    """True for a key that a start which only reads a trained run (--mode=sample|eval,
+    the analysis scripts, the benchmarks) may set on its command line: every key of
+    eval, sample, compress and compare, and data.data_dir."""
+    return key in KEYS_THAT_MAY_CHANGE or key.split(".", 1)[0] in SECTIONS_THAT_MAY_CHANGE
 
 
 def may_change_on_resume(key: str) -> bool:
@@ -149,6 +156,64 @@ def _show(value) -> str:
 
 def _allowed_by(key: str, allow) -> bool:
     return any(key == a or key.startswith(a + ".") for a in allow)
+
+
+def _as_tuples(value):
+    """config.json's lists back as the tuples the configs hold."""
+    if isinstance(value, dict):
+        return {k: _as_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+def load_run(workdir: str, overrides: dict | None = None, *, template=None) -> ml_collections.ConfigDict:
+    """The config of the trained run in `workdir` (`saved_config`), for a start that
+    only reads it: sampling, evaluation, the analysis scripts, the benchmarks.
+
+    `overrides` ({dotted key: value}) may set only what such a start may change
+    (`may_change_after_training`); any other key given a value other than its
+    saved one is a ConfigError naming it, its saved value and the keys that may
+    be set. `template` (the config file's
+    ConfigDict, when one was given) supplies keys that the saved config lacks (keys
+    a newer version of the config added, read with their defaults). Raises
+    ConfigError when the workdir holds no trained run."""
+    check_directory(workdir)
+    saved = saved_config(workdir)
+    if saved is None:
+        if checkpoint_steps(workdir):
+            raise ConfigError(f"{workdir} has checkpoints but no {CONFIG_FILE}, so the config it was trained "
+                              f"with is unknown; pass the training config with --config and its overrides")
+        raise ConfigError(f"no trained run in {workdir} (no {CONFIG_FILE}); train it first "
+                          f"(python -m experiments.main --mode=train --workdir={workdir} --config=...)")
+    if template is not None and template.get("family") != saved.get("family"):
+        raise ConfigError(f"--config is a {template.get('family')!r} config but {workdir} holds a "
+                          f"{saved.get('family')!r} run; leave --config out (the run's config is read from "
+                          f"{workdir}/{CONFIG_FILE}) or pass the config it was trained with")
+    overrides = dict(overrides or {})
+    flat_saved = flatten(saved)
+    def plain(value):
+        return as_json(value) if isinstance(value, (tuple, list, dict)) else value
+
+    # repeating a training value as it was saved changes nothing, so it is accepted
+    refused = [k for k in overrides if not may_change_after_training(k)
+               and plain(overrides[k]) != flat_saved.get(k, _ABSENT)]
+    if refused:
+        lines = []
+        for key in refused:
+            now = flat_saved.get(key, _ABSENT)
+            lines.append(f"--config.{key}={overrides[key]!r}: {key} is part of the trained run in {workdir} "
+                         f"(saved: {_show(now)}) and cannot change after training")
+        raise ConfigError(lines + [
+            f"a start that reads a trained run takes its config from {workdir}/{CONFIG_FILE}; it may set "
+            f"only {', '.join(k + '.*' for k in SECTIONS_THAT_MAY_CHANGE)} and {', '.join(KEYS_THAT_MAY_CHANGE)}; "
+            f"to train with other values, use another --workdir (or resume with --allow_config_change)"])
+    merged = as_json(template) if template is not None else {}
+    for key, value in flatten(saved).items():
+        _set(merged, key, value)
+    for key, value in overrides.items():
+        _set(merged, key, plain(value))
+    return ml_collections.ConfigDict(_as_tuples(merged))
 
 
 def check_allow(allow, *configs) -> None:

@@ -44,8 +44,22 @@ def check_steps(num_steps: int, steps_per_call: int, checkpoint_every: int | Non
 
 
 def _last(value, ensemble: bool):
+    return _at(value, -1, ensemble)
+
+
+def _at(value, i: int, ensemble: bool):
+    """Entry i of a call's stacked metric: (steps,), or (members, steps) for an ensemble."""
     value = np.asarray(value)
-    return value[..., -1] if ensemble else value[-1]
+    return value[..., i] if ensemble else value[i]
+
+
+def logged_steps(first: int, count: int, log_every: int | None) -> list:
+    """Indices i (0..count-1) of a call's steps to log; the call ran steps first+1 ..
+    first+count (counted as done). Those at multiples of log_every, and always the
+    call's last; only the last when log_every is None."""
+    if log_every is None:
+        return [count - 1]
+    return [i for i in range(count) if (first + i + 1) % log_every == 0 or i == count - 1]
 
 
 def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
@@ -53,7 +67,7 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
         fsdp: int = 1, place: bool = True, stop_after: int | None = None, progress: bool = False,
         desc: str = "train", rate_metrics: Callable | None = None, on_call: Callable | None = None,
         ensemble: bool = False, guard: bool = True, loss_plot: bool = True,
-        spike_factor: float = 0.0, spike_window: int = 100):
+        spike_factor: float = 0.0, spike_window: int = 100, log_every: int | None = None):
     """Trains `state` to num_steps; returns (state, metrics of every step run now).
 
     make_step(mesh) -> step(state) -> (state, metrics stacked over steps_per_call
@@ -78,6 +92,10 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
     a rule for losses that stay positive). ensemble: the metrics have a leading
     member axis (K, steps); the guard then watches every member, but is off in
     `experiments.ablate`, where a diverged member is a result.
+    log_every: write the metrics of every step that is a multiple of it (steps
+    counted as done, 1-based), whatever train.steps_per_call is, and of the last
+    step of every call (which also gets steps_per_sec); None: only the last step
+    of each call.
     rate_metrics(steps per second) -> extra logged values (e.g. MFU);
     on_call(step, metrics, seconds) is called after every compiled call.
     """
@@ -98,6 +116,8 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
             mesh, state = place_state(state, fsdp)
         step_fn = make_step(mesh)
         end = num_steps if stop_after is None else min(stop_after, num_steps)
+        if progress and start and workdir is not None:
+            print(f"resuming from step {start} of {num_steps} ({ckpt.directory})", flush=True)
         bar = tqdm(total=num_steps, initial=start, disable=not progress, desc=desc, file=sys.stdout)
         history, step = [], start
         try:
@@ -114,6 +134,10 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
                 history.append(metrics)
                 rate = steps_per_call / seconds
                 if logger is not None:
+                    first = step - steps_per_call
+                    logged = logged_steps(first, steps_per_call, log_every)
+                    for i in logged[:-1]:
+                        logger.write(first + i + 1, {k: _at(v, i, ensemble) for k, v in metrics.items()})
                     last = {k: _last(v, ensemble) for k, v in metrics.items()}
                     extra = rate_metrics(rate) if rate_metrics is not None else {}
                     logger.write(step, {**last, "steps_per_sec": rate, **extra})

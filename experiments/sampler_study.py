@@ -1,4 +1,4 @@
-"""Sample quality against the number of function evaluations (NFE), for every sampler.
+r"""Sample quality against the number of function evaluations (NFE), for every sampler.
 
     python -m experiments.sampler_study --problem=mix64d [--num=2000] \
         [--nfes=5,10,20,50,100,1000] [--out=runs/sampler_study]
@@ -458,6 +458,11 @@ def write_outputs(result: dict, out_dir: str) -> dict:
 
 # ---- command line -------------------------------------------------------------------------
 
+main_lib.define_num("Samples per sampler (default: the problem's).")
+flags.declare_key_flag("config")
+flags.declare_key_flag("workdir")
+flags.declare_key_flag("verbose")
+flags.declare_key_flag("num")
 _PROBLEM = flags.DEFINE_enum("problem", "mix64d", list(PROBLEMS),
                              "mix64d (exact score) or digits (a trained run).")
 _NFES = flags.DEFINE_string("nfes", ",".join(map(str, DEFAULT_NFES)), "Comma-separated target NFEs.")
@@ -482,17 +487,17 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     problem_name = _PROBLEM.value
-    num = main_lib.NUM_SAMPLES.value or DEFAULT_NUM[problem_name]
+    num = flags.FLAGS.num or DEFAULT_NUM[problem_name]
     nfes = _parse_nfes(_NFES.value)
     t0 = time.perf_counter()
     if problem_name == "mix64d":
         problem = mix64d_problem(num)
         out = _OUT.value or os.path.join("runs", "sampler_study")
     else:
-        config, workdir = main_lib._CONFIG.value, main_lib._WORKDIR.value
-        if config is None or workdir is None:
-            raise app.UsageError("--problem=digits needs --config and --workdir of a trained run")
-        main_lib.check_run(config, workdir)
+        workdir = main_lib._WORKDIR.value
+        if workdir is None:
+            raise app.UsageError("--problem=digits needs --workdir of a trained run")
+        config = main_lib.trained_config(workdir)
         problem = digits_problem(config, workdir, num)
         out = _OUT.value or workdir
     print(f"{problem_name}: {num} samples, NFEs {list(nfes)}, {problem.metric} floor "

@@ -367,7 +367,7 @@ def make_train_fn(
     grad_accum_steps: int = 1,
     update_schedule: Sequence[tuple[str, int]] | None = None,
     ema_groups: Sequence[str] | None = None,
-    ema_bias_correction: bool = True,
+    ema_warmup: bool = True,
 ) -> Callable:
     """Returns train_fn(state, batches=None) -> (state, metrics), pure and jittable.
 
@@ -396,10 +396,10 @@ def make_train_fn(
     left. Update j of step s has the key fold_in(step key, j) and the batch
     batch_fn(data_key, s * U + j) (host-fed `batches` then have shape
     (steps_per_call, U, ...)); with U = 1 these are the single-loss key and batch.
-    The EMA of the parameters is bias-corrected (`ema_bias_correction`, see
-    `ema_weight`): after t updates it is the average of the t parameter values
-    with weights proportional to ema_decay^(t - i), so a short run's EMA is not
-    pulled toward the initialisation. The EMA is kept for `ema_groups` (default:
+    The decay of the EMA of the parameters warms up (`ema_warmup`, see
+    `ema_decay_at`): the first update takes the parameters themselves and a short
+    run's EMA spans a fixed fraction of its steps, so it is not pulled toward the
+    initialisation. The EMA is kept for `ema_groups` (default:
     every group); the other groups'
     `ema_params` are copies of their parameters, so `sample(ema_params, ...)`
     needs no special case. Metrics of group g are named "g/loss", "g/grad_norm",
@@ -543,7 +543,7 @@ def make_train_fn(
                 metrics.update({f"{group}/{name}": value for name, value in group_metrics.items()})
             metrics["loss"] = sum(losses)
             metrics["grad_norm"] = jnp.sqrt(sum(n**2 for n in norms))
-        decay = ema_decay_at(ema_decay, state.step + 1) if ema_bias_correction else ema_decay
+        decay = ema_decay_at(ema_decay, state.step + 1) if ema_warmup else ema_decay
         ema = _ema(state.ema_params, new_state.params, decay, ema_groups if grouped else None)
         ema = _constrain(ema, mesh)
         return new_state._replace(step=state.step + 1, ema_params=ema), metrics
@@ -591,17 +591,25 @@ def _apply(optimizer, grads, opt_state, params):
     return optax.apply_updates(params, updates), opt_state
 
 
-def ema_decay_at(decay, t):
-    """The decay of the t-th update (t >= 1) of a bias-corrected EMA.
+# gamma of the power-function EMA profile (Karras et al. 2024, "Analyzing and Improving
+# the Training Dynamics of Diffusion Models", Sec. 3.1): sigma_rel = 0.05, an average
+# over roughly the last 1 / (gamma + 1) ~ 5.6% of the steps done.
+EMA_WARMUP_GAMMA = 16.97
 
-    Adam's correction (Kingma & Ba 2015, Alg. 1) of an average started at zero,
-    m_t = d m_{t-1} + (1 - d) p_t, is m_t / (1 - d^t): the average of p_1..p_t
-    with weights proportional to d^(t - i). The same average, kept directly, is
-    e_t = d_t e_{t-1} + (1 - d_t) p_t with d_t = (d - d^t) / (1 - d^t): d_1 = 0
-    (e_1 = p_1, whatever e_0 is) and d_t -> d as t grows."""
+
+def ema_decay_at(decay, t, gamma: float = EMA_WARMUP_GAMMA):
+    """The decay of the t-th update (t >= 1) of an EMA whose decay warms up.
+
+    min(decay, (1 - 1/t)^(gamma + 1)): the power-function profile beta_gamma(t) of
+    Karras et al. 2024, capped at the configured decay. The first update
+    has decay 0, so the average starts at the trained parameters, not at the
+    initialisation (for a constant sequence it is that constant from step 1); while
+    t < (gamma + 1) / (1 - decay) the average spans a fixed fraction of the run
+    (about t / (gamma + 1) steps), after that the configured 1 / (1 - decay) steps.
+    A plain EMA at 0.999 after 100 steps is still 90% the initial weights."""
     decay = jnp.asarray(decay, jnp.float32)
-    power = decay ** jnp.asarray(t, jnp.float32)
-    return jnp.where(power < 1.0, (decay - power) / jnp.maximum(1.0 - power, 1e-30), 0.0)
+    warm = (1.0 - 1.0 / jnp.maximum(jnp.asarray(t, jnp.float32), 1.0)) ** (gamma + 1.0)
+    return jnp.minimum(decay, warm)
 
 
 def _ema(ema_params, params, decay, ema_groups):

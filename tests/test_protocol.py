@@ -160,13 +160,14 @@ def test_model_state_threads_through_gradient_accumulation():
 def test_ema_only_for_the_named_groups():
     tx = _sgd_groups()
     state = train.init_state(_init, tx, jax.random.key(0), None)
-    for correct, expected in ((False, 1.75), (True, 7 / 3)):
+    warm = 0.5 ** (train.EMA_WARMUP_GAMMA + 1)  # the second update's decay, min(0.5, (1 - 1/2)^(gamma + 1))
+    for warmup, expected in ((False, 1.75), (True, warm * 1 + (1 - warm) * 3)):
         fn = jax.jit(train.make_train_fn(_counting_losses(), tx, steps_per_call=2, ema_decay=0.5,
                                          batch_fn=lambda k, i: jnp.zeros(()), ema_groups=("generator",),
-                                         ema_bias_correction=correct))
+                                         ema_warmup=warmup))
         out, _ = fn(state)
         # critic: c = 1, 2 (not averaged); generator: g = 1, 3. EMA 0.5 from g0 = 0: 0.5, 1.75;
-        # bias-corrected: weights 0.5, 1 on g = 1, 3 -> 7/3
+        # with the warmup the first update takes g = 1 itself
         assert float(out.ema_params["critic"]["c"]) == float(out.params["critic"]["c"]) == 2.0
         assert float(out.params["generator"]["g"]) == 3.0
         np.testing.assert_allclose(float(out.ema_params["generator"]["g"]), expected, rtol=1e-6)

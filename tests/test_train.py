@@ -167,7 +167,7 @@ def test_ensemble_strategies_agree_with_vmap(strategy):
         train.make_ensemble_fn(train_fn, "pmap")
 
 
-def _ema_after(values, decay, correct=True):
+def _ema_after(values, decay, warmup=True):
     """The EMA a train step keeps of a parameter that takes `values` (one per step):
     an SGD(1) step on loss -v*p adds v, so p_t = p_0 + v_1 + ... + v_t; the values are
     chosen so that p_t is values[t - 1]."""
@@ -177,26 +177,27 @@ def _ema_after(values, decay, correct=True):
     state = train.init_state(lambda k, b: {"p": jnp.zeros(())}, tx, jax.random.key(0), None)
     loss = lambda params, key, step: (-increments[step] * params["p"], {})  # noqa: E731
     fn = jax.jit(train.make_train_fn(loss, tx, steps_per_call=len(values), ema_decay=decay,
-                                     batch_fn=lambda k, i: i, ema_bias_correction=correct))
+                                     batch_fn=lambda k, i: i, ema_warmup=warmup))
     out, _ = fn(state)
     np.testing.assert_allclose(float(out.params["p"]), float(values[-1]), rtol=1e-5, atol=1e-5)  # float32 sums
     return float(out.ema_params["p"])
 
 
-def test_bias_corrected_ema_of_a_constant_is_the_constant_from_the_first_step():
+def test_warmed_up_ema_of_a_constant_is_the_constant_from_the_first_step():
     # the initial parameter (0) gets no weight: after one step the EMA is the value itself
     for t in (1, 2, 10):
         assert _ema_after([3.0] * t, 0.999) == pytest.approx(3.0, rel=1e-5)
-    # without the correction a 10-step EMA at decay 0.999 is still 99% the initial 0
-    assert _ema_after([3.0] * 10, 0.999, correct=False) == pytest.approx(3.0 * (1 - 0.999**10), rel=1e-4)
+    # a plain EMA after 10 steps at decay 0.999 is still 99% the initial 0: d^t p_0 + (1 - d^t) c
+    assert _ema_after([3.0] * 10, 0.999, warmup=False) == pytest.approx(3.0 * (1 - 0.999**10), rel=1e-4)
 
 
-def test_bias_corrected_ema_is_adams_corrected_average():
-    # Kingma & Ba 2015, Alg. 1: m_t = d m_{t-1} + (1 - d) p_t from m_0 = 0, divided by 1 - d^t
-    values = np.random.default_rng(0).normal(size=12)
-    for decay in (0.0, 0.5, 0.9, 0.999):
-        m = 0.0
-        for p in values:
-            m = decay * m + (1 - decay) * p
-        expected = m / (1 - decay ** len(values))
-        assert _ema_after(values, decay) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+def test_ema_decay_follows_the_power_profile_then_the_configured_decay():
+    gamma = train.EMA_WARMUP_GAMMA
+    # Karras et al. 2024: beta(t) = (1 - 1/t)^(gamma + 1) while below the configured decay
+    for t in (1, 2, 10, 100):
+        assert float(train.ema_decay_at(0.999, t)) == pytest.approx((1 - 1 / t) ** (gamma + 1), rel=1e-5, abs=1e-12)
+    assert float(train.ema_decay_at(0.9, 10_000)) == pytest.approx(0.9, rel=1e-6)
+    # the EMA of a ramp p_t = t lags by about 1 / (1 - d_t) - 1 steps: at t = 1000 and decay 0.9
+    # the warmup is over (d = 0.9), so the lag is d / (1 - d) = 9 up to the ramp's start (d^1000 ~ 0)
+    ramp = np.arange(1, 1001, dtype=np.float32)
+    assert _ema_after(ramp, 0.9) == pytest.approx(1000 - 9, abs=0.05)
