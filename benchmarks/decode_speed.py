@@ -1,4 +1,4 @@
-"""Decoding tokens/s at context 512: no cache vs KV cache vs speculative decoding.
+r"""Decoding tokens/s at context 512: no cache vs KV cache vs speculative decoding.
 
     python -m benchmarks.decode_speed [--layers 4] [--width 256] [--new 64] \
         [--gamma 4] [--draft-layers 1] [--repeats 5] [--quick]

@@ -1,4 +1,4 @@
-"""K ensemble members trained in one program (vmap, lax.map) against K runs one
+r"""K ensemble members trained in one program (vmap, lax.map) against K runs one
 after another (a Python loop over one compiled single-member program).
 
     python -m benchmarks.ensemble [--members 8] [--steps 100] [--hidden 128] [--batch 256] \

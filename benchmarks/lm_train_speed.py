@@ -1,4 +1,4 @@
-"""Training tokens/s and MFU of the transformer LM at two model sizes, one run.
+r"""Training tokens/s and MFU of the transformer LM at two model sizes, one run.
 
     python -m benchmarks.lm_train_speed [--context 256] [--batch 16] [--steps 3] \
         [--repeats 5] [--dtype float32|bfloat16] [--attention auto] [--layer-norm auto] [--gelu-kernel auto] \

@@ -1,4 +1,4 @@
-"""Training tokens/s of genjax's transformer LM against the same model in PyTorch.
+r"""Training tokens/s of genjax's transformer LM against the same model in PyTorch.
 
     python -m benchmarks.lm_vs_torch [--layers 4] [--width 256] [--heads 4] \
         [--context 256] [--batch 16] [--steps 5] [--repeats 7] [--attention auto] \

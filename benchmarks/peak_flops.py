@@ -1,4 +1,4 @@
-"""Peak matmul FLOP/s of the current device: the denominator of MFU.
+r"""Peak matmul FLOP/s of the current device: the denominator of MFU.
 
     python -m benchmarks.peak_flops [--size N] [--dtype float32|bfloat16] \
         [--precision default|highest] [--repeats 5] [--quick]

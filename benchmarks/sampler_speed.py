@@ -1,4 +1,4 @@
-"""Samples per second at equal quality: multistep DPM-Solver++ (order 3) at a few
+r"""Samples per second at equal quality: multistep DPM-Solver++ (order 3) at a few
 dozen NFE against Euler-Maruyama on the reverse SDE at 1000 steps.
 
     python -m benchmarks.sampler_speed [--workdir RUN] [--num 256] [--dpm-nfe 20] \
