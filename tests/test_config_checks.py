@@ -60,7 +60,8 @@ def _cli(workdir, *extra, mode="train", config_path=CONFIG_PATH, overrides=TINY)
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"))
-    command = [sys.executable, "-m", "experiments.main", f"--config={config_path}", f"--workdir={workdir}",
+    config = [f"--config={config_path}"] if config_path is not None else []
+    command = [sys.executable, "-m", "experiments.main", *config, f"--workdir={workdir}",
                f"--mode={mode}", *(f"--config.{k}={v}" for k, v in overrides.items()), *extra]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -238,6 +239,44 @@ def test_sample_mode_neither_rewrites_config_json_nor_needs_the_training_keys(tr
     assert _read(os.path.join(wd, run_config.CONFIG_FILE)) == saved
     assert not os.path.exists(os.path.join(wd, run_config.CHANGES_FILE))
     assert np.load(os.path.join(wd, "samples.npz"))["samples"].shape == (16, 2)
+
+
+def test_sample_and_eval_take_the_runs_config_without_repeating_its_overrides(trained):
+    """The run was trained with model.hidden=(32,32); the config file says (256, 256, 256):
+    sample and eval read config.json, so the checkpoint restores without the override."""
+    wd, saved = trained
+    for config_path in (CONFIG_PATH, None):  # with the config file's defaults, and without any file
+        proc = _cli(wd, "--config.sample.num=8", mode="sample", config_path=config_path, overrides={})
+        assert proc.returncode == 0, proc.stderr
+        assert f"config: {os.path.join(wd, run_config.CONFIG_FILE)} (the trained run's), sample.num=8" in proc.stdout
+        assert np.load(os.path.join(wd, "samples.npz"))["samples"].shape == (8, 2)
+        assert f"wrote {os.path.join(wd, 'samples.npz')}" in proc.stdout
+    proc = _cli(wd, "--config.eval.params=raw", mode="eval", config_path=None, overrides={})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(_read(os.path.join(wd, "eval.json")))["params"] == "raw"
+    assert _read(os.path.join(wd, run_config.CONFIG_FILE)) == saved
+    assert not os.path.exists(os.path.join(wd, run_config.CHANGES_FILE))
+
+
+def test_a_training_override_on_sample_is_an_error_naming_the_key(trained):
+    wd, saved = trained
+    before = sorted(os.listdir(wd))
+    proc = _cli(wd, "--config.optim.learning_rate=0.1", mode="sample", config_path=None, overrides={})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("error: --config.optim.learning_rate=0.1: optim.learning_rate is part of the "
+                            "trained run in ") and "(saved: 0.002)" in first
+    assert "may set only eval.*, sample.*, compress.*, compare.* and data.data_dir" in proc.stderr
+    assert _read(os.path.join(wd, run_config.CONFIG_FILE)) == saved
+    assert sorted(os.listdir(wd)) == before
+
+
+def test_sample_of_another_familys_config_or_an_empty_workdir_is_refused(trained, tmp_path):
+    wd, _ = trained
+    proc = _cli(wd, mode="sample", config_path=REPO / "configs" / "toy_flow_matching.py", overrides={})
+    assert proc.returncode == 2 and "is a 'flow_matching' config but" in proc.stderr
+    proc = _cli(str(tmp_path / "empty"), mode="eval", config_path=None, overrides={})
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: no trained run in {tmp_path / 'empty'}")
 
 
 def test_a_budget_below_the_checkpoint_trains_nothing_and_says_so(trained, capsys):
