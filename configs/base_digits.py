@@ -61,6 +61,7 @@ def get_config():
     c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.split = "test"
     c.eval.num = 0                      # images of the split to evaluate (0: all)
+    c.eval.batch_size = 64              # images per log_prob call; the bar advances per call
     c.eval.exact_divergence = False     # Hutchinson (Rademacher), one probe per image
     c.eval.rtol = 1e-5
     c.eval.atol = 1e-5

@@ -31,6 +31,7 @@ def get_config(family: str):
     c.eval.params = "ema"               # ema | raw: the weights sampled and evaluated (--mode=sample|eval)
     c.eval.split = "test"
     c.eval.num = 0                      # images of the split to evaluate (0: all)
+    c.eval.batch_size = 64              # images per log_prob call; the bar advances per call
     c.eval.classifier_dir = "runs/digits_classifier"
 
     if family == "flow_matching":

@@ -88,6 +88,7 @@ def get_config(data: str, objective: str):
     c.eval.num = 2_000                  # held-out samples for the NLL (std. error ~0.02 nats)
     c.eval.resolution = 512             # quadrature grid of Z: resolution^2 cells over the box
     c.eval.grid_size = 64               # learned-density heatmap resolution
+    c.eval.batch_size = 1024            # points per log_prob call (each call also sums Z over the grid)
     c.eval.split = "test"               # digits
     c.eval.classifier_dir = "runs/digits_classifier"
     return c

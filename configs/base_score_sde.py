@@ -51,4 +51,5 @@ def get_config():
     c.eval.eps = 1e-5
     c.eval.grid_size = 64               # learned-density heatmap resolution
     c.eval.heatmap_tol = 1e-3           # ODE tolerance for the heatmap (a picture, not a number)
+    c.eval.batch_size = 512             # points per log_prob call (NLL and heatmap); the bar advances per call
     return c

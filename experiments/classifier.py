@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from experiments import run_loop
+from experiments import progress as progress_lib, run_loop
 from experiments.datasets import DIGITS_CLASSES, DIGITS_LEVELS, load_digits
 from genjax import metrics as metrics_lib
 from genjax import train as train_lib
@@ -79,9 +79,10 @@ def _accuracy(net, params, x_int, labels):
     return float(np.mean(np.argmax(np.asarray(logits), -1) == labels))
 
 
-def train_digits_classifier(**hyperparams):
+def train_digits_classifier(*, progress: bool = False, **hyperparams):
     """Trains the classifier; returns (params, metrics) with val/test accuracy,
-    the final training loss and the training time in seconds.
+    the final training loss and the training time in seconds (`progress`: a bar
+    over the training steps).
 
     Keyword arguments override DEFAULTS (seed, num_steps, batch_size,
     learning_rate, max_shift, channels, feature_dim, dropout). Adam with a
@@ -133,7 +134,8 @@ def train_digits_classifier(**hyperparams):
 
     steps_per_call = math.gcd(hp["num_steps"], 100)
     state, history = run_loop.run(state, make_step, num_steps=hp["num_steps"],
-                                  steps_per_call=steps_per_call, place=False)
+                                  steps_per_call=steps_per_call, place=False, progress=progress,
+                                  desc="digits classifier")
     params = state.params
     losses = history["loss"]
     train_loss = float(np.mean(losses[-50:]))
@@ -172,15 +174,18 @@ def _load(path: str):
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def load_or_train(cache_dir: str, **hyperparams):
+def load_or_train(cache_dir: str, *, progress: bool = False, **hyperparams):
     """Params of the classifier with these hyperparameters: read from
-    `<cache_dir>/digits_classifier_<hash>.npz` if present, else trained and saved."""
+    `<cache_dir>/digits_classifier_<hash>.npz` if present, else trained and saved
+    (`progress`: say so, show a bar over the training and the path written)."""
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"digits_classifier_{hyperparams_key(**hyperparams)}.npz")
     if os.path.exists(path):
         return _load(path)
-    params, _ = train_digits_classifier(**hyperparams)
+    progress_lib.say(progress, "training the digits classifier of the sample metrics (once; it is kept) ...")
+    params, _ = train_digits_classifier(progress=progress_lib.shown(progress), **hyperparams)
     _save_atomic(path, params)
+    progress_lib.wrote(path, progress)
     return params
 
 

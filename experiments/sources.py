@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import datasets, plots
+from experiments import datasets, plots, progress as progress_lib
 from experiments.configuration import ConfigError
 from genjax import metrics as metrics_lib
 from genjax.data import images as images_lib
@@ -38,6 +38,10 @@ MODE_MIXTURES = {
     "ring8": toy2d.ring8_mixture,
 }
 _HELD_OUT_STREAM = 7  # key stream for held-out toy data, disjoint from training
+# eval.batch_size of runs whose saved config predates the key (points / images per
+# log_prob call; each call advances the progress bar once)
+TOY_EVAL_BATCH_SIZE = 512
+IMAGE_EVAL_BATCH_SIZE = 64
 
 
 class ToySource:
@@ -91,12 +95,18 @@ class ToySource:
             return f"exp(-E)/Z, Z by quadrature on a {log_prob_kwargs['resolution']}-point grid"
         return "exact change of variables"
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None, step=None):
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None, step=None,
+                 progress: bool = True):
         """NLL on held-out samples (`model.log_prob` with `log_prob_kwargs`; skipped when
         those are None: the family has no likelihood), sliced Wasserstein distance of
         the samples against exact data, and a learned-density heatmap whose title says
-        how the density was computed and, given `step`, the training step of `params`."""
+        how the density was computed and, given `step`, the training step of `params`.
+
+        The NLL and the heatmap call log_prob on eval.batch_size points at a time
+        (`progress.map_batches`: the batch index folded into the key); `progress`
+        shows a bar per loop and the path of the figure written."""
         ec = self.config.eval
+        batch_size = ec.get("batch_size", TOY_EVAL_BATCH_SIZE)
         result = {}
         if self.density.entropy is not None:
             result["data_entropy_nats"] = float(self.density.entropy)
@@ -111,7 +121,9 @@ class ToySource:
         x = self.held_out(ec.num)
         log_prob = jax.jit(lambda p, k, x: model.log_prob(p, k, x, **ll_kwargs))
         t0 = time.perf_counter()
-        logp = np.asarray(log_prob(params, jax.random.PRNGKey(1), x))
+        logp = progress_lib.map_batches(lambda k, chunk: log_prob(params, k, chunk), x, batch_size,
+                                        jax.random.PRNGKey(1), desc=f"held-out NLL ({int(ec.num)} points)",
+                                        progress=progress)
         result.update({
             "nll_nats": float(-logp.mean()),
             "nll_stderr": float(logp.std() / math.sqrt(len(logp))),
@@ -126,15 +138,16 @@ class ToySource:
             lim = 4.5
             grid = np.linspace(-lim, lim, ec.grid_size, dtype=np.float32)
             xx, yy = np.meshgrid(grid, grid)
-            points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1))
-            logp_grid = np.concatenate([
-                np.asarray(log_prob_heat(params, jax.random.PRNGKey(3), chunk))
-                for chunk in jnp.array_split(points, max(1, len(points) // 4000))])
+            points = np.stack([xx.ravel(), yy.ravel()], 1)
+            logp_grid = progress_lib.map_batches(
+                lambda k, chunk: log_prob_heat(params, k, chunk), points, batch_size, jax.random.PRNGKey(3),
+                desc=f"density heatmap ({ec.grid_size}x{ec.grid_size} points)", progress=progress)
             when = "" if step is None else f", training step {int(step)}"
-            plots.density_heatmap(os.path.join(workdir, "density.png"),
-                                  logp_grid.reshape(ec.grid_size, ec.grid_size), lim,
+            path = os.path.join(workdir, "density.png")
+            plots.density_heatmap(path, logp_grid.reshape(ec.grid_size, ec.grid_size), lim,
                                   title=f"model density ({self.density_method(heat_kwargs)}){when}\n"
                                         f"held-out NLL {result['nll_nats']:.3f} nats")
+            progress_lib.wrote(path, progress)
         return result
 
 
@@ -202,28 +215,33 @@ class ImageSource:
         title = title if layout is None else f"{title}\n{layout}" if title else layout
         return plots.image_grid(path, grid, vmax=self.num_levels - 1, title=title)
 
-    def discrete_nll(self, model, params, split, num=None, **ll_kwargs):
-        """Per-image bound on -log P(x) of the 17-level data, nats (dequantized ODE NLL),
-        for the first `num` images of the split (all when None)."""
+    def discrete_nll(self, model, params, split, num=None, *, batch_size=IMAGE_EVAL_BATCH_SIZE,
+                     progress: bool = False, **ll_kwargs):
+        """Per-image bound on -log P(x) of the discrete data, nats (dequantized ODE NLL),
+        for the first `num` images of the split (all when None), `batch_size` images
+        per log_prob call (batch b drawing from fold_in(PRNGKey(1), b)); `progress`
+        shows a bar over the batches."""
         x_int, _ = self.load_split(split)
         x_int = x_int[:num]
         y, log_volume = images_lib.to_model_space(jax.random.PRNGKey(5), x_int, self.num_levels)
         log_prob = jax.jit(lambda p, k, y: model.log_prob(p, k, y, **ll_kwargs))
-        chunks = [log_prob(params, jax.random.fold_in(jax.random.PRNGKey(1), i), chunk)
-                  for i, chunk in enumerate(jnp.array_split(y, max(1, len(y) // 256)))]
-        return np.asarray(discrete_nll(jnp.concatenate(chunks), log_volume))
+        logp = progress_lib.map_batches(lambda k, chunk: log_prob(params, k, chunk), y, batch_size,
+                                        jax.random.PRNGKey(1), desc=f"{split} NLL ({len(y)} images)",
+                                        progress=progress)
+        return np.asarray(discrete_nll(jnp.asarray(logp), log_volume))
 
-    def sample_quality(self, samples, labels=None):
+    def sample_quality(self, samples, labels=None, *, progress: bool = False):
         """Fréchet distance of the digits classifier's features to the test split, the
         classes the classifier gives the samples (fraction per class and the entropy
         of that histogram in nats, ln 10 = 2.303 when all are equally frequent: mode
         coverage) and, given the labels the samples were drawn for, the fraction
-        classified as them."""
+        classified as them. The classifier is trained once if not cached (with
+        `progress`: said, with a bar and the path written)."""
         from experiments import classifier
 
         if not self.has_classifier:
             return {}
-        clf = classifier.load_or_train(self.config.eval.classifier_dir)
+        clf = classifier.load_or_train(self.config.eval.classifier_dir, progress=progress)
         levels = np.asarray(images_lib.to_levels(jnp.asarray(samples), self.num_levels))
         test_int, _ = self.load_split("test")
         result = {"frechet_distance": float(classifier.frechet_distance_to(clf, levels, test_int))}
@@ -235,8 +253,10 @@ class ImageSource:
             result["class_accuracy"] = float(np.mean(np.asarray(predicted) == np.asarray(labels)))
         return result
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None, step=None):
-        """NLL of the discrete images (nats per image, bits/dim) on config.eval.split
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None, step=None,
+                 progress: bool = True):
+        """NLL of the discrete images (nats per image, bits/dim) on config.eval.split,
+        eval.batch_size images per log_prob call, with a bar when `progress`
         (skipped when `log_prob_kwargs` is None: the family has no likelihood); with
         samples (digits), the Fréchet distance of the digits classifier's features
         to the test set and, for a conditional model, the class accuracy of the
@@ -246,7 +266,9 @@ class ImageSource:
         result = {}
         if log_prob_kwargs is not None:
             t0 = time.perf_counter()
-            nll = self.discrete_nll(model, params, ec.split, num=ec.num or None, **log_prob_kwargs)
+            nll = self.discrete_nll(model, params, ec.split, num=ec.num or None,
+                                    batch_size=ec.get("batch_size", IMAGE_EVAL_BATCH_SIZE),
+                                    progress=progress, **log_prob_kwargs)
             dim = math.prod(self.data_shape)
             result = {
                 "split": ec.split,
@@ -260,7 +282,7 @@ class ImageSource:
             labels = None
             if self.num_classes is not None:
                 labels = np.arange(len(samples)) % self.num_classes
-            result.update(self.sample_quality(samples, labels))
+            result.update(self.sample_quality(samples, labels, progress=progress))
         return result
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import cpu_kernels, datasets, text_corpus
+from experiments import cpu_kernels, datasets, distributed, progress as progress_lib, text_corpus
 from experiments.checkpoint import Checkpointer
 from experiments.configuration import ConfigError
 from experiments.logging import read_metrics
@@ -153,29 +153,37 @@ class TextSource:
         total = (len(self.validation_tokens) - 1) // self.seq_len
         return min(total, num_windows) if num_windows else total
 
-    def validation_nats(self, model, params, num_windows=None) -> float:
-        """Mean validation nats/token over consecutive seq_len windows (the first
-        `num_windows`, evenly spaced, or all)."""
+    def validation_nats(self, model, params, num_windows=None, *, progress: bool = False) -> float:
+        """Mean validation nats/token over consecutive seq_len windows (`num_windows`
+        of them, evenly spaced, or all), eval.batch_size windows per forward pass;
+        `progress` shows a bar over the passes."""
         windows = text.eval_windows(self.validation_tokens, self.seq_len)
         if num_windows and num_windows < len(windows):
             windows = windows[np.linspace(0, len(windows) - 1, num_windows).astype(int)]
         loss = jax.jit(lambda p, b: model.loss(p, jax.random.PRNGKey(0), b, train=False)[0])
         chunk = self.config.eval.batch_size
         total = 0.0
-        for i in range(0, len(windows), chunk):
-            part = windows[i:i + chunk]
-            total += float(loss(params, {"tokens": jnp.asarray(part)})) * len(part)
+        with progress_lib.bar(progress_lib.num_batches(len(windows), chunk),
+                              f"validation ({len(windows)} windows)", progress) as bar:
+            for i in range(0, len(windows), chunk):
+                part = windows[i:i + chunk]
+                total += float(loss(params, {"tokens": jnp.asarray(part)})) * len(part)
+                bar.update(1)
         return total / len(windows)
 
-    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None):
+    def evaluate(self, model, params, workdir, samples=None, heatmap=True, log_prob_kwargs=None, step=None,
+                 progress: bool = True):
         """Validation nats/token, bits/byte, perplexity (from the loss: the exact
         next-byte log-likelihood); and the validation curve (bits/byte of each kept
         checkpoint's EMA params against training seconds), written to
-        validation_curve.json."""
-        del samples, heatmap, log_prob_kwargs
+        validation_curve.json by the writing process. `step` (the training step of
+        `params`) is accepted like every source's and not needed here; `progress`
+        shows a bar over the validation batches and over the curve's checkpoints,
+        and the path of the file written."""
+        del samples, heatmap, log_prob_kwargs, step
         ec = self.config.eval
         t0 = time.perf_counter()
-        nats = self.validation_nats(model, params, ec.num_windows)
+        nats = self.validation_nats(model, params, ec.num_windows, progress=progress)
         result = {
             "split": "validation",
             "nats_per_token": nats,
@@ -185,24 +193,30 @@ class TextSource:
             "eval_seconds": time.perf_counter() - t0,
         }
         if ec.curve_windows:
-            curve = self.validation_curve(model, params, workdir)
-            if curve:
-                with open(os.path.join(workdir, "validation_curve.json"), "w") as f:
+            curve = self.validation_curve(model, params, workdir, progress=progress)
+            if curve and distributed.is_writer():  # every process computes it (restores are collective)
+                path = os.path.join(workdir, "validation_curve.json")
+                with open(path, "w") as f:
                     json.dump(curve, f, indent=2)
+                progress_lib.wrote(path, progress)
         return result
 
-    def validation_curve(self, model, params, workdir) -> list:
+    def validation_curve(self, model, params, workdir, *, progress: bool = False) -> list:
         """[{step, train_seconds, bits_per_byte}] for each checkpoint in the workdir,
-        on eval.curve_windows evenly spaced validation windows."""
+        on eval.curve_windows evenly spaced validation windows; `progress` shows a
+        bar over the checkpoints."""
         ckpt = Checkpointer(workdir)
         seconds = training_seconds(workdir)
         template = state_template(self.config)
         curve = []
-        for step in sorted(ckpt.all_steps()):
-            state = ckpt.restore(template, step)
-            nats = self.validation_nats(model, state.ema_params, self.config.eval.curve_windows)
-            curve.append({"step": int(step), "train_seconds": seconds.get(int(step)),
-                          "bits_per_byte": nats / math.log(2)})
+        steps = sorted(ckpt.all_steps())
+        with progress_lib.bar(len(steps), "validation curve", progress, unit="checkpoint") as bar:
+            for step in steps:
+                state = ckpt.restore(template, step)
+                nats = self.validation_nats(model, state.ema_params, self.config.eval.curve_windows)
+                curve.append({"step": int(step), "train_seconds": seconds.get(int(step)),
+                              "bits_per_byte": nats / math.log(2)})
+                bar.update(1)
         ckpt.close()
         return curve
 
