@@ -175,7 +175,7 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True, verbos
         print(f"evaluating step {int(state.step)} ({config.eval.get('params', 'ema')} weights) ...", flush=True)
     result = exp.source.evaluate(exp.model, eval_params(config, state), workdir, samples=samples,
                                  heatmap=heatmap and writer, log_prob_kwargs=exp.log_prob_kwargs(state),
-                                 step=int(state.step))
+                                 step=int(state.step), progress=verbose)
     note = exp.likelihood_note()
     if note is not None:
         result["no_likelihood"] = note
