@@ -163,3 +163,60 @@ def class_coverage(labels_N, num_classes: int) -> dict:
     fractions = counts / labels_N.shape[0]
     entropy = -jnp.sum(jnp.where(fractions > 0, fractions * jnp.log(jnp.where(fractions > 0, fractions, 1.0)), 0.0))
     return {"class_fractions": fractions, "class_entropy": entropy}
+
+
+MEMORIZATION_NEIGHBOURS = 50     # n of Carlini et al. 2023 (the neighbours that calibrate d1)
+MEMORIZATION_THRESHOLD = 1.0 / 3.0
+
+
+def memorization(x_ND, train_MD, num_neighbours: int = MEMORIZATION_NEIGHBOURS,
+                 threshold: float = MEMORIZATION_THRESHOLD, chunk_size: int = 64) -> dict:
+    """Near-copies of training images among the queries `x_ND`, by the calibrated
+    ℓ2 distance of Carlini et al. 2023 ("Extracting Training Data from Diffusion
+    Models", sec. 5.1): the Euclidean distance d1 from a query to its nearest
+    training image, divided by the mean Euclidean distance from the query to its
+    next `num_neighbours` nearest training images (ranks 2 .. n + 1; n = 50 in the
+    paper). A query is a near-copy when
+
+        d1 < threshold * mean_{j = 2..n+1} d_j            (threshold 1/3),
+
+    i.e. it is much closer to one training image than to the training images
+    around it: a copy of that image rather than a new point of a dense region.
+    The ratio is invariant to the scale of the data (levels or [-1, 1] alike).
+
+      ratio         (N,) d1 / mean_{j=2..n+1} d_j (0 for an exact copy)
+      near_copy     (N,) bool, ratio < threshold
+      fraction      the fraction of near-copies
+      nearest       (N,) int32, the index of the nearest training image
+      d1            (N,) the distance to it
+      mean_next     (N,) the mean distance to the next n
+
+    Images of any shape are flattened. The distances are computed as differences
+    (not through |a|^2 + |b|^2 - 2ab, which cancels for near-copies), for
+    `chunk_size` queries at a time (`jax.lax.map`), so memory is
+    chunk_size * M * D floats; jit-safe for static shapes.
+    """
+    x_ND = jnp.reshape(jnp.asarray(x_ND, jnp.float32), (jnp.shape(x_ND)[0], -1))
+    train_MD = jnp.reshape(jnp.asarray(train_MD, jnp.float32), (jnp.shape(train_MD)[0], -1))
+    if x_ND.shape[1] != train_MD.shape[1]:
+        raise ValueError(f"queries have {x_ND.shape[1]} dimensions and training images {train_MD.shape[1]}; "
+                         "expected equal")
+    if not isinstance(num_neighbours, int) or not 1 <= num_neighbours < train_MD.shape[0]:
+        raise ValueError(f"num_neighbours={num_neighbours!r}; expected an integer from 1 to "
+                         f"{train_MD.shape[0] - 1} (the training images but the nearest)")
+    if not 0 < threshold:
+        raise ValueError(f"threshold={threshold!r}; expected a number > 0")
+
+    def nearest(x_D):
+        d_M = jnp.sqrt(jnp.sum((train_MD - x_D[None, :]) ** 2, axis=-1))
+        neg, index = jax.lax.top_k(-d_M, num_neighbours + 1)
+        return -neg, index[0]
+
+    d_NK, nearest_N = jax.lax.map(nearest, x_ND, batch_size=chunk_size)
+    d1_N = d_NK[:, 0]
+    mean_next_N = jnp.mean(d_NK[:, 1:], axis=1)
+    ratio_N = d1_N / jnp.maximum(mean_next_N, jnp.finfo(jnp.float32).tiny)
+    near_copy_N = ratio_N < threshold
+    return {"ratio": ratio_N, "near_copy": near_copy_N,
+            "fraction": jnp.mean(near_copy_N.astype(jnp.float32)),
+            "nearest": nearest_N.astype(jnp.int32), "d1": d1_N, "mean_next": mean_next_N}
