@@ -98,6 +98,10 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
     of each call.
     rate_metrics(steps per second) -> extra logged values (e.g. MFU);
     on_call(step, metrics, seconds) is called after every compiled call.
+    The last record of every call also gets train_seconds: the cumulative wall
+    time of the compiled calls (compilation included) since the run's step 0,
+    carried over a resume from the last record the checkpoint kept (checkpoint
+    saves, restores and evaluation are not counted).
     """
     check_steps(num_steps, steps_per_call, checkpoint_every)
     spikes = _SpikeRule(spike_factor, spike_window) if guard and spike_factor else None
@@ -111,6 +115,7 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
         start = int(np.ravel(jax.device_get(state.step))[0]) if hasattr(state, "step") else 0
         if workdir is not None and distributed.is_writer():  # the others compute the same metrics
             logger = MetricsLogger(workdir, resume_step=start)
+        train_seconds = previous_train_seconds(logger.path) if logger is not None else 0.0
         mesh = None
         if place:
             mesh, state = place_state(state, fsdp)
@@ -126,6 +131,7 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
                 state, metrics = step_fn(state)
                 metrics = jax.device_get(metrics)
                 seconds = time.perf_counter() - t0
+                train_seconds += seconds
                 if guard:
                     _guard(metrics, step, ensemble, ckpt, workdir)
                     if spikes is not None:
@@ -140,7 +146,7 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
                         logger.write(first + i + 1, {k: _at(v, i, ensemble) for k, v in metrics.items()})
                     last = {k: _last(v, ensemble) for k, v in metrics.items()}
                     extra = rate_metrics(rate) if rate_metrics is not None else {}
-                    logger.write(step, {**last, "steps_per_sec": rate, **extra})
+                    logger.write(step, {**last, "steps_per_sec": rate, "train_seconds": train_seconds, **extra})
                 if progress:
                     bar.update(steps_per_call)
                     loss = np.mean(_last(metrics["loss"], ensemble))
@@ -167,6 +173,22 @@ def run(state, make_step: Callable, *, num_steps: int, steps_per_call: int,
     stacked = (jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=axis), *history)
                if history else {})
     return state, stacked
+
+
+def previous_train_seconds(path: str) -> float:
+    """The cumulative train_seconds of the last record in the metrics file at
+    `path` that has it (0.0 for a new run). A run logged before train_seconds was
+    recorded counts its earlier calls from their steps_per_sec instead."""
+    if not os.path.exists(path):
+        return 0.0
+    total, prev = 0.0, 0
+    for r in read_metrics(path):
+        if "train_seconds" in r:
+            total, prev = float(r["train_seconds"]), r["step"]
+        elif "steps_per_sec" in r and r["step"] > prev:
+            total += (r["step"] - prev) / r["steps_per_sec"]
+            prev = r["step"]
+    return total
 
 
 def _is_guard_signal(name: str) -> bool:
