@@ -234,7 +234,8 @@ _OPTIM_CHECKS = {
     "ema_decay": _fraction,
 }
 _SECTION_CHECKS = {
-    "data": {"batch_size": _positive_int, "seq_len": _positive_int, "eval_windows": _positive_int},
+    "data": {"batch_size": _positive_int, "seq_len": _positive_int, "eval_windows": _positive_int,
+             "train_size": _count},
     "sample": {"num": _positive_int, "num_steps": _positive_int, "temperature": _positive,
                "top_k": _count, "top_p": _closed_fraction, "rtol": _positive, "atol": _positive,
                "step_size": _positive, "snr": _non_negative, "eps": _non_negative},

@@ -287,7 +287,20 @@ class ImageSource:
 
 
 def _digits_source(config):
-    return ImageSource(config, datasets.load_digits, datasets.DIGITS_LEVELS,
+    """The 8x8 digits; data.train_size = n > 0 trains on the first n images of the
+    train split only (0 or absent: all 1000), e.g. to study memorization of a small
+    training set. The other splits are unchanged."""
+    train_size = config.data.get("train_size", 0)
+    available = datasets.DIGITS_SPLITS["train"].stop
+    if not isinstance(train_size, int) or isinstance(train_size, bool) or not 0 <= train_size <= available:
+        raise ConfigError(f"data.train_size={train_size!r}; expected an integer from 1 to the {available} images "
+                          f"of the digits train split (0: all of them)")
+    load_split = datasets.load_digits
+    if train_size:
+        def load_split(split):
+            images, labels = datasets.load_digits(split)
+            return (images[:train_size], labels[:train_size]) if split == "train" else (images, labels)
+    return ImageSource(config, load_split, datasets.DIGITS_LEVELS,
                        datasets.DIGITS_CLASSES, has_classifier=True)
 
 
