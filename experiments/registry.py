@@ -257,6 +257,12 @@ class Family(NamedTuple):
     likelihood_note: (config, source) -> None, or why this family has no likelihood
                      on this data (an EBM's quadrature of Z needs 2-D points): the
                      evaluation then records the note and reports sample metrics only
+    nll_kind:        what the test NLL of `model.log_prob` is, for the family table
+                     (experiments.compare): "exact" (change of variables, an
+                     autoregressive product), "ode" (the density of an ODE flow: exact
+                     up to the solver's tolerance, with an unbiased trace estimate,
+                     Grathwohl et al. 2019, eq. 7, unless eval.exact_divergence) or
+                     "bound" (a lower bound on log p: the ELBO, the IWAE bound)
     """
 
     build: Callable
@@ -265,17 +271,19 @@ class Family(NamedTuple):
     convolutional: Callable = _never
     source: Callable | None = None
     likelihood_note: Callable = _no_note
+    nll_kind: str = "exact"
 
 
 # config.family -> Family
 FAMILIES = {
     "score_sde": Family(build_diffusion_model, DIFFUSION_SAMPLERS,
-                        ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional),
+                        ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional, nll_kind="ode"),
     "ddpm": Family(build_diffusion_model, DIFFUSION_SAMPLERS,
-                   ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional),
+                   ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional, nll_kind="ode"),
     "flow_matching": Family(build_flow_matching_model, ODE_SAMPLERS,
-                            ("exact_divergence", "rtol", "atol"), net_is_convolutional),
-    "cnf": Family(build_cnf_model, ODE_SAMPLERS, ("exact_divergence", "rtol", "atol")),
+                            ("exact_divergence", "rtol", "atol"), net_is_convolutional, nll_kind="ode"),
+    "cnf": Family(build_cnf_model, ODE_SAMPLERS, ("exact_divergence", "rtol", "atol"),
+                  nll_kind="ode"),
     # exact flows: x = F^{-1}(T z); the log-density is exact and solver-free
     "realnvp": Family(build_realnvp_model, {"inverse": ("temperature",)}),
     "glow": Family(build_glow_model, {"inverse": ("temperature",)}, convolutional=_always),
