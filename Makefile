@@ -33,8 +33,8 @@ test-all: $(STAMP)
 #   compress_container --workdir=DIR/lm
 # A script without its run times an untrained model (or an exact score) and says so;
 # each run's config is read from the run itself. QUICK=1: the smallest sizes, a smoke
-# run (tests/test_benchmarks.py). lm_vs_torch (needs torch) and lm_profile (a
-# profiler) are not part of it.
+# run (tests/test_benchmarks.py). lm_vs_torch (needs torch), lm_profile (a
+# profiler) and config_run_times (training minutes of every config) are not part of it.
 RUNS ?=
 QUICK ?=
 # $(call run_flag,FLAG,NAME): FLAG=$(RUNS)/NAME when RUNS is set and that directory exists

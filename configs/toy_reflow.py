@@ -2,8 +2,11 @@
 one reflow round and a one-step distilled generator (experiments/reflow.py).
 
 The base flow's fields (data, model, optim, train, sample, eval) are those of
-configs/toy_flow_matching.py, so a base run trained by experiments.main with the
-same data can be reused (--base_workdir). The dataset is --config.data.name.
+configs/toy_flow_matching.py; they are used only when --base_workdir holds no run
+yet (the reflow trains its base there). A trained flow matching run in
+--base_workdir, on any dataset, is reused with its own saved config.json (its
+data.name replaces this file's default; a different --config.data.name on the
+command line is refused).
 """
 import ml_collections
 

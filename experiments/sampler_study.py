@@ -380,7 +380,7 @@ def markdown_table(result: dict) -> str:
     """Rows: samplers; columns: target NFE; cells 'rel-RMS / metric' ('— / metric' for
     stochastic samplers), '(n)' the actual NFE where it differs from the column's."""
     metric, nfes = result["metric"], result["nfes"]
-    lines = [f"| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+    lines = ["| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|" + "---|" * len(nfes)]
     for name, rows in result["rows"].items():
         cells = []

@@ -188,11 +188,14 @@ COMMANDS = {
     "python -m experiments.ablate --config=configs/lm_stdlib.py --workdir=runs/abl": Entry(
         shrink=LM + _steps(10, 10) + "--strategy=vmap",
         check=lambda ws, out: (ws / "runs/abl/results.md").exists()),
-    "python -m experiments.guidance_sweep": Entry(
-        before=(DIGITS_CFG_RUN,), shrink="--workdir=runs/digits_cfg --weights=0,1 --num=20",
+    "python -m experiments.main --config=configs/digits_cfg.py --workdir=runs/digits_cfg": Entry(
+        shrink=DIGITS_CFG_RUN.split("--workdir=runs/digits_cfg ", 1)[1],
+        check=lambda ws, out: (ws / "runs/digits_cfg/config.json").exists()),
+    "python -m experiments.guidance_sweep --workdir=runs/digits_cfg": Entry(
+        shrink="--weights=0,1 --num=20",
         check=lambda ws, out: [r["guidance"] for r in _load(ws, "runs/digits_cfg/guidance_sweep.json")] == [0, 1]),
-    "python -m experiments.gan_study": Entry(
-        shrink="--config=configs/gan_grid25.py --workdir=runs/gan_study --seeds=2 --strategy=vmap " + GAN,
+    "python -m experiments.gan_study --config=configs/gan_grid25.py --workdir=runs/gan_study": Entry(
+        shrink="--seeds=2 --strategy=vmap " + GAN,
         check=lambda ws, out: [len(_load(ws, "runs/gan_study/gan_study.json")[w]["per_seed"]) for w in ("ema", "last")]
         == [2, 2]),
     "python -m experiments.compress compress": Entry(
