@@ -22,7 +22,9 @@ from genjax.flows import paths as paths_lib
 from genjax.flows import realnvp as realnvp_lib
 from genjax.gan import model as gan_lib
 from genjax.gan import nets as gan_nets
+from genjax.autoregressive import pixelcnn as pixelcnn_lib
 from genjax.nn.mlp import TimeMLP
+from genjax.nn.pixelcnn import PixelCNN
 from genjax.nn.unet import UNet
 
 SDES = {
@@ -204,6 +206,36 @@ def gan_net_is_convolutional(config) -> bool:
     return config.model.net == "conv"
 
 
+def build_pixelcnn_net(config, source) -> PixelCNN:
+    """The Gated PixelCNN network a config names, for `source`'s images (checked: integer
+    levels, one channel, model.num_levels equal to the data's levels)."""
+    m = config.model
+    data_levels = getattr(source, "num_levels", None)
+    if data_levels is None or len(source.data_shape) != 3:
+        raise ConfigError(f"family 'pixelcnn' models images (H, W, C) of integer levels; data "
+                         f"{config.data.name!r} has shape {source.data_shape}")
+    if data_levels != m.num_levels:
+        raise ConfigError(f"family 'pixelcnn': model.num_levels={m.num_levels} output levels per pixel, "
+                         f"but data {config.data.name!r} has {data_levels} levels; set "
+                         f"model.num_levels={data_levels}")
+    if source.data_shape[-1] != 1:
+        raise ConfigError(f"family 'pixelcnn' models one-channel images; data {config.data.name!r} has "
+                         f"shape {source.data_shape} (C = {source.data_shape[-1]})")
+    return PixelCNN(num_levels=m.num_levels, channels=m.channels, num_layers=m.num_layers,
+                    kernel=m.kernel, first_kernel=m.first_kernel, head=m.head,
+                    num_classes=source.num_classes, dropout=m.dropout)
+
+
+def build_pixelcnn_model(config, source):
+    """Gated PixelCNN (van den Oord et al. 2016) on integer images: exact NLL of the
+    model.num_levels levels per pixel; class-conditional with label dropout (CFG)
+    when the source has classes (model.conditional)."""
+    net = build_pixelcnn_net(config, source)
+    return pixelcnn_lib.make_pixelcnn_model(
+        net, data_shape=source.data_shape, num_levels=net.num_levels, num_classes=source.num_classes,
+        label_dropout=config.model.label_dropout)
+
+
 # the config.sample fields each sampler reads (besides method, guidance and labels)
 DIFFUSION_SAMPLERS = {
     "pc": ("num_steps", "predictor", "corrector", "snr", "eps"),
@@ -295,6 +327,8 @@ FAMILIES = {
     # exact: one causal pass
     "lm": Family(text_source.build_lm_model, {"ancestral": ("num_steps",)},
                  source=text_source.TextSource),
+    # exact: one causal pass over the pixels
+    "pixelcnn": Family(build_pixelcnn_model, {"ancestral": ("temperature",)}, convolutional=_always),
 }
 
 
