@@ -176,6 +176,8 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True, verbos
     result = exp.source.evaluate(exp.model, eval_params(config, state), workdir, samples=samples,
                                  heatmap=heatmap and writer, log_prob_kwargs=exp.log_prob_kwargs(state),
                                  step=int(state.step), progress=verbose)
+    result.update(exp.family.evaluations(config, exp.source, exp.model, eval_params(config, state),
+                                         exp.model_kwargs(state), verbose))
     note = exp.likelihood_note()
     if note is not None:
         result["no_likelihood"] = note

@@ -7,9 +7,12 @@ family's or a network's name.
 """
 from typing import Callable, NamedTuple
 
+import jax
+
 from experiments.configuration import ConfigError
 from experiments.sources import TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
 from experiments import text_source
+from genjax.data import images as images_lib
 from genjax.diffusion import ddpm
 from genjax.ebm import model as ebm_lib
 from genjax.ebm import nets as ebm_nets
@@ -26,6 +29,9 @@ from genjax.autoregressive import pixelcnn as pixelcnn_lib
 from genjax.nn.mlp import TimeMLP
 from genjax.nn.pixelcnn import PixelCNN
 from genjax.nn.unet import UNet
+from genjax.vae import model as vae_lib
+from genjax.vae import nets as vae_nets
+from genjax.vae import vqvae as vqvae_lib
 
 SDES = {
     "vp": lambda m: sde_lib.VPSDE(beta_min=m.beta_min, beta_max=m.beta_max),
@@ -206,6 +212,100 @@ def gan_net_is_convolutional(config) -> bool:
     return config.model.net == "conv"
 
 
+def _discrete_images(config, source):
+    """(data_shape, num_levels) of a source of discrete images; ConfigError otherwise."""
+    if source.num_classes is not None:
+        raise ConfigError(f"family {config.family!r} is unconditional; set model.conditional=False")
+    num_levels = getattr(source, "num_levels", None)
+    if num_levels is None or len(source.data_shape) != 3:
+        raise ConfigError(f"family {config.family!r} models discrete images (H, W, C); data "
+                         f"{config.data.name!r} has shape {source.data_shape} and no grey levels")
+    try:
+        vae_nets.check_divisible(source.data_shape, config.model.channels)
+    except ValueError as err:
+        raise ConfigError(f"model.channels={tuple(config.model.channels)}: {err}") from None
+    return tuple(source.data_shape), num_levels
+
+
+def build_vae(config, source) -> vae_lib.VAE:
+    """The VAE's networks (genjax.vae.model.VAE) a config names: for the VAE family
+    and for code that reuses a trained VAE's encode / decode (latent diffusion)."""
+    data_shape, num_levels = _discrete_images(config, source)
+    m = config.model
+    channels = tuple(m.channels)
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout!r}; expected a number in [0, 1)")
+    return vae_lib.VAE(
+        encoder=vae_nets.GaussianEncoder(latent_dim=m.latent_dim, channels=channels, hidden=m.hidden,
+                                         dropout_rate=m.dropout),
+        decoder=vae_nets.LatentDecoder(image_shape=data_shape, num_levels=num_levels, channels=channels,
+                                       hidden=m.hidden, dropout_rate=m.dropout),
+        data_shape=data_shape, num_levels=num_levels, latent_dim=m.latent_dim)
+
+
+def build_vae_model(config, source):
+    """Gaussian VAE with a categorical decoder (docs/vae.md): negative ELBO with KL
+    weight model.kl_weight and model.free_bits; log_prob the IWAE bound with
+    eval.num_importance_samples samples."""
+    try:
+        return vae_lib.make_vae_model(
+            build_vae(config, source), kl_weight=config.model.kl_weight, free_bits=config.model.free_bits,
+            num_importance_samples=config.eval.num_importance_samples,
+            importance_chunk_size=config.eval.importance_chunk_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def vae_evaluations(config, source, model, params, model_kwargs, progress):
+    """The importance-weighted bound for each k of eval.iwae_num_samples on the
+    eval split: {"iwae_bounds": {"k=1": {...}, ...}}, each a lower bound on
+    log P(x) reported as the upper bound -L_k on the NLL (nats per image)."""
+    ec = config.eval
+    ks = tuple(ec.iwae_num_samples)
+    bad = [k for k in ks if not (isinstance(k, int) and k >= 1)]
+    if bad:
+        raise ConfigError(f"eval.iwae_num_samples={ks!r}; expected positive integers (e.g. (1, 10, 100, 1000))")
+    bounds = {}
+    for k in ks:
+        nll = source.discrete_nll(model, params, ec.split, num=ec.num or None, batch_size=ec.batch_size,
+                                  progress=progress, num_importance_samples=k,
+                                  importance_chunk_size=ec.importance_chunk_size, **model_kwargs)
+        bounds[f"k={k}"] = {"nll_upper_bound_nats": float(nll.mean()),
+                            "stderr": float(nll.std() / max(len(nll), 1) ** 0.5), "num_eval": int(len(nll))}
+    return {"iwae_bounds": bounds,
+            "iwae_note": "importance-weighted bounds (Burda et al. 2016): -L_k >= -log P(x), nats per "
+                         "image of the discrete data; nll_nats is -L_k at k = eval.num_importance_samples"}
+
+
+def build_vqvae_model(config, source):
+    """VQ-VAE (van den Oord et al. 2017, docs/vae.md): codebook of model.codebook_size
+    codes of model.code_dim, straight-through estimator, commitment weight
+    model.commitment_weight, EMA codebook (model.codebook_decay) as model state. No
+    likelihood (no prior over codes is trained)."""
+    data_shape, num_levels = _discrete_images(config, source)
+    m = config.model
+    channels = tuple(m.channels)
+    try:
+        return vqvae_lib.make_vqvae_model(
+            vae_nets.GridEncoder(code_dim=m.code_dim, channels=channels),
+            vae_nets.GridDecoder(image_channels=data_shape[-1], num_levels=num_levels, channels=channels),
+            data_shape=data_shape, num_levels=num_levels, codebook_size=m.codebook_size, code_dim=m.code_dim,
+            commitment_weight=m.commitment_weight, codebook_decay=m.codebook_decay)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def vqvae_evaluations(config, source, model, params, model_kwargs, progress):
+    """Reconstruction error and codebook perplexity on the eval split (one pass of
+    the loss over it; the returned codebook state is discarded)."""
+    del progress
+    ec = config.eval
+    x_int, _ = source.load_split(ec.split)
+    y, _ = images_lib.to_model_space(jax.random.PRNGKey(5), x_int[: ec.num or None], source.num_levels)
+    _, (metrics, _) = jax.jit(model.loss)(params, jax.random.PRNGKey(1), y, model_kwargs["model_state"])
+    return {f"{ec.split}_{name}": float(value) for name, value in metrics.items()}
+
+
 def build_pixelcnn_net(config, source) -> PixelCNN:
     """The Gated PixelCNN network a config names, for `source`'s images (checked: integer
     levels, one channel, model.num_levels equal to the data's levels)."""
@@ -272,6 +372,10 @@ def _no_note(config, source) -> None:
     return None
 
 
+def _no_evaluations(config, source, model, params, model_kwargs, progress) -> dict:
+    return {}
+
+
 class Family(NamedTuple):
     """What the glue knows about a model family.
 
@@ -289,6 +393,9 @@ class Family(NamedTuple):
     likelihood_note: (config, source) -> None, or why this family has no likelihood
                      on this data (an EBM's quadrature of Z needs 2-D points): the
                      evaluation then records the note and reports sample metrics only
+    evaluations:     (config, source, model, params, model_kwargs, progress) -> more
+                     results for eval.json (a VAE's bounds at several k, a VQ-VAE's
+                     reconstruction error and codebook perplexity)
     nll_kind:        what the test NLL of `model.log_prob` is, for the family table
                      (experiments.compare): "exact" (change of variables, an
                      autoregressive product), "ode" (the density of an ODE flow: exact
@@ -303,6 +410,7 @@ class Family(NamedTuple):
     convolutional: Callable = _never
     source: Callable | None = None
     likelihood_note: Callable = _no_note
+    evaluations: Callable = _no_evaluations
     nll_kind: str = "exact"
 
 
@@ -327,6 +435,13 @@ FAMILIES = {
     # exact: one causal pass
     "lm": Family(text_source.build_lm_model, {"ancestral": ("num_steps",)},
                  source=text_source.TextSource),
+    # a lower bound: the importance-weighted bound with k samples
+    "vae": Family(build_vae_model, {"ancestral": (), "mode": ()},
+                  ("num_importance_samples", "importance_chunk_size"), _always,
+                  evaluations=vae_evaluations, nll_kind="bound"),
+    # no likelihood (no prior over the codes): reconstruction and codebook metrics
+    "vqvae": Family(build_vqvae_model, {"ancestral": (), "mode": ()}, None, _always,
+                    evaluations=vqvae_evaluations),
     # exact: one causal pass over the pixels
     "pixelcnn": Family(build_pixelcnn_model, {"ancestral": ("temperature",)}, convolutional=_always),
 }
