@@ -23,7 +23,8 @@ which apply to every run). Per run, with the weights config.eval.params names:
                 (samples drawn for labels 0, 1, ..., 9, 0, ...).
   samples/s     --num samples per second of the jitted sampler on this machine:
                 one warm-up call (compilation), then the median of --repeats calls,
-                each ended by block_until_ready.
+                each ended by block_until_ready (fewer once the timed calls have
+                taken 60 s together: a slow sampler is timed once).
   training      train_seconds of the run's metrics.jsonl (cumulative wall time of its
                 compiled calls), and the steps trained.
   parameters    every trained array of the state's params (a GAN: generator and critic).
@@ -136,15 +137,17 @@ def saved_test_nll(workdir: str, num_test: int, params_kind: str):
     return saved["nll_nats"], saved.get("nll_stderr")
 
 
-def time_sampler(fn, args, repeats: int):
-    """(output of the warm-up call, median seconds of `repeats` further calls)."""
+def time_sampler(fn, args, repeats: int, budget_s: float = 60.0):
+    """(output of the warm-up call, median seconds of up to `repeats` further calls,
+    the number of calls timed): calls stop once they have taken `budget_s` seconds
+    together, so a slow sampler is timed once."""
     out = jax.block_until_ready(fn(*args))
     times = []
-    for _ in range(max(repeats, 1)):
+    while len(times) < max(repeats, 1) and (not times or sum(times) < budget_s):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
-    return out, float(np.median(times))
+    return out, float(np.median(times)), len(times)
 
 
 def test_floor(train_int, num_neighbours: int = metrics_lib.MEMORIZATION_NEIGHBOURS) -> float:
@@ -201,10 +204,11 @@ def evaluate_run(workdir: str, *, num: int = DEFAULT_NUM, repeats: int = 3, clas
     row["sampler"] = describe_sampler(config, kwargs)
     fn = jax.jit(lambda p, k: exp.model.sample(p, k, num, **kwargs))
     say(f"{workdir}: {num} samples ({row['sampler']}), {repeats} timed calls ...", flush=True)
-    samples, seconds = time_sampler(fn, (params, jax.random.fold_in(exp.key, SAMPLE_STREAM)), repeats)
+    samples, seconds, timed = time_sampler(fn, (params, jax.random.fold_in(exp.key, SAMPLE_STREAM)), repeats)
     row["num_samples"] = num
     row["samples_per_sec"] = num / seconds
     row["sample_seconds"] = seconds
+    row["sample_calls_timed"] = timed
     levels = np.asarray(images_lib.to_levels(jnp.asarray(samples), source.num_levels))
     clf = classifier_params if classifier_params is not None else classifier.load_or_train(
         config.eval.classifier_dir)
