@@ -210,6 +210,8 @@ COMMANDS = {
         shrink=SCALING, check=lambda ws, out: (ws / "runs/scaling/results.md").exists()),
     "make bench": Entry(skip="tests/test_benchmarks.py runs the bench target's commands (QUICK=1)"),
     "python -m benchmarks.ensemble": Entry(skip="one of make bench's commands: tests/test_benchmarks.py runs it (--quick)"),
+    "python -m benchmarks.config_run_times": Entry(  # not one of make bench's: one config, one timed call
+        shrink="--configs=toy_vpsde --calls=1", check=lambda ws, out: "| toy_vpsde | 6000 |" in out),
     'pip install "jax[cuda13]"': Entry(skip="installs the GPU build of JAX from the network"),
 }
 
