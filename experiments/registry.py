@@ -11,7 +11,7 @@ import jax
 
 from experiments.configuration import ConfigError
 from experiments.sources import TOY_DENSITIES, build_source  # noqa: F401  (re-exported)
-from experiments import text_source
+from experiments import latent_diffusion, text_source
 from genjax.data import images as images_lib
 from genjax.diffusion import ddpm
 from genjax.ebm import model as ebm_lib
@@ -76,10 +76,11 @@ def build_sde_and_net(config, source):
 DIFFUSION_OBJECTIVES = {"score_sde": "dsm", "ddpm": "ddpm"}
 
 
-def build_diffusion_model(config, source):
-    """Score-SDE (continuous DSM) or DDPM (discrete L_simple) model for `source`'s data."""
+def build_diffusion_model(config, source, objective=None):
+    """Score-SDE (continuous DSM) or DDPM (discrete L_simple) model for `source`'s data;
+    `objective` ("dsm" | "ddpm") defaults to the one of config.family."""
     m = config.model
-    objective = DIFFUSION_OBJECTIVES[config.family]
+    objective = DIFFUSION_OBJECTIVES[config.family] if objective is None else objective
     sde, net = build_sde_and_net(config, source)
     if objective == "ddpm" and not hasattr(sde, "num_timesteps"):
         raise ConfigError(f"family 'ddpm' trains on a discrete schedule; model.sde={m.sde!r} "
@@ -345,6 +346,8 @@ DIFFUSION_SAMPLERS = {
     "edm_heun": ("num_steps", "eps", "discretization"),
     "ancestral": ("num_steps",),
 }
+# latent diffusion: the diffusion samplers on the latents, then decode = mode | sample
+LATENT_DIFFUSION_SAMPLERS = {name: fields + ("decode",) for name, fields in DIFFUSION_SAMPLERS.items()}
 # energy-based models: chains from noise on exp(-E)
 EBM_SAMPLERS = {
     "mala": ("num_steps", "step_size"),
@@ -420,6 +423,11 @@ FAMILIES = {
                         ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional, nll_kind="ode"),
     "ddpm": Family(build_diffusion_model, DIFFUSION_SAMPLERS,
                    ("exact_divergence", "rtol", "atol", "eps"), net_is_convolutional, nll_kind="ode"),
+    # a lower bound: the ELBO with the probability-flow ODE density of the latents as prior
+    "latent_diffusion": Family(latent_diffusion.build_latent_diffusion_model, LATENT_DIFFUSION_SAMPLERS,
+                               ("exact_divergence", "rtol", "atol", "eps", "num_latent_samples"),
+                               source=latent_diffusion.LatentSource,
+                               evaluations=latent_diffusion.latent_diffusion_evaluations, nll_kind="bound"),
     "flow_matching": Family(build_flow_matching_model, ODE_SAMPLERS,
                             ("exact_divergence", "rtol", "atol"), net_is_convolutional, nll_kind="ode"),
     "cnf": Family(build_cnf_model, ODE_SAMPLERS, ("exact_divergence", "rtol", "atol"),
