@@ -1,7 +1,7 @@
 r"""One table for every family: trained runs side by side on the digits test split.
 
     python -m experiments.compare --runs_dir=runs/table [--out=runs/table/compare] [--num=1000]
-    python -m experiments.compare --runs=runs/a,runs/b [--repeats=3]
+    python -m experiments.compare --runs=runs/a,runs/b [--repeats=3] [--reuse]
 
 Each run's family and config are read from its workdir (`experiments.main.trained_config`:
 config.json plus the command line's --config.sample.* / --config.eval.* overrides,
@@ -35,7 +35,8 @@ which apply to every run). Per run, with the weights config.eval.params names:
 
 A run whose samples are not digits images (a toy density, text) is skipped with the
 reason. Writes compare.md and compare.json to --out (default <runs_dir>/compare, or
-runs/compare) and prints the table.
+runs/compare) and prints the table; each row is also kept in --out/rows.jsonl as it
+is measured, and --reuse keeps those of runs that have not trained since.
 """
 import json
 import math
@@ -64,6 +65,8 @@ _RUNS_DIR = flags.DEFINE_string("runs_dir", None, "A directory whose subdirector
 _OUT = flags.DEFINE_string("out", None, "Where compare.md and compare.json go (default <runs_dir>/compare, "
                            "or runs/compare).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed sampling calls per run (the median is reported).")
+_REUSE = flags.DEFINE_bool("reuse", False, "Keep the rows of --out/rows.jsonl whose run has not trained "
+                           "since (same newest checkpoint, same --num).")
 
 DEFAULT_NUM = 1000
 FD_FLOOR = 11.4  # FD(test split, train split) of the digits classifier (docs/RESULTS.md)
@@ -289,18 +292,62 @@ def machine_description() -> str:
             f"{platform.machine()}, load average at the end {load}")
 
 
-def compare(workdirs, out_dir: str, *, num: int = DEFAULT_NUM, repeats: int = 3, say=print) -> dict:
+ROWS_FILE = "rows.jsonl"  # one measured row per line, kept for reuse
+
+
+def _save_rows(out_dir: str, rows: list) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, ROWS_FILE)
+    known = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            known = {r["run"]: r for r in map(json.loads, f)}
+    known.update({r["run"]: r for r in rows})
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in known.values())
+
+
+def cached_row(out_dir: str, workdir: str, num: int) -> dict | None:
+    """The row of `workdir` measured earlier into out_dir when it is still the run's
+    newest checkpoint, with the same number of samples; None otherwise."""
+    path = os.path.join(out_dir, ROWS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = {r["run"]: r for r in map(json.loads, f)}
+    row = rows.get(workdir.rstrip("/"))
+    if row is None:
+        return None
+    steps = run_config.checkpoint_steps(workdir)
+    if "skipped" in row:
+        return row
+    if not steps or steps[0] != row.get("steps") or row.get("num_samples") != num:
+        return None
+    return row
+
+
+def compare(workdirs, out_dir: str, *, num: int = DEFAULT_NUM, repeats: int = 3, reuse: bool = False,
+            say=print) -> dict:
     """Evaluates every run (`evaluate_run`), writes compare.md and compare.json to
-    out_dir and returns {"rows", "markdown", "fd_floor", "machine"}."""
+    out_dir and returns {"rows", "markdown", "fd_floor", "machine"}. Each row is
+    also kept in out_dir/rows.jsonl as it is measured; with `reuse`, a run whose
+    newest checkpoint is the step of its kept row (same number of samples) is not
+    measured again."""
     from experiments import classifier
 
     rows, clf = [], None
     for workdir in workdirs:
+        cached = cached_row(out_dir, workdir, num) if reuse else None
+        if cached is not None:
+            say(f"{workdir}: the row measured at step {cached.get('steps')} (compare.json of {out_dir})")
+            rows.append(cached)
+            continue
         if clf is None:
             config = run_config_of(workdir)
             if config.get("eval", {}).get("classifier_dir"):
                 clf = classifier.load_or_train(config.eval.classifier_dir)
         rows.append(evaluate_run(workdir, num=num, repeats=repeats, classifier_params=clf, say=say))
+        _save_rows(out_dir, rows)
     floor_fd = None
     if clf is not None:
         train_int, _ = datasets.load_digits("train")
@@ -324,7 +371,8 @@ def main(argv):
     del argv
     workdirs = find_runs(_RUNS.value, _RUNS_DIR.value)
     out = _OUT.value or os.path.join(_RUNS_DIR.value or "runs", "compare")
-    result = compare(workdirs, out, num=flags.FLAGS.num or DEFAULT_NUM, repeats=_REPEATS.value)
+    result = compare(workdirs, out, num=flags.FLAGS.num or DEFAULT_NUM, repeats=_REPEATS.value,
+                     reuse=_REUSE.value)
     print(result["markdown"])
     print(f"wrote {os.path.join(out, 'compare.md')}, {os.path.join(out, 'compare.json')}")
 

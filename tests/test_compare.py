@@ -115,6 +115,12 @@ def test_the_table_has_its_columns_labels_and_floors(table):
         saved = json.load(f)
     assert [r["run"] for r in saved["rows"]] == [r["run"] for r in result["rows"]]
     assert saved["fd_floor"] == pytest.approx(11.4, abs=0.2)
+    # --reuse: runs that have not trained since are not measured again
+    said = []
+    again = compare.compare(compare.find_runs(runs_dir=str(root)), str(root / "compare"), num=60, repeats=1,
+                            reuse=True, say=lambda *a, **k: said.append(a[0]))
+    assert again["rows"] == result["rows"] and len(said) == 4
+    assert all("the row measured at step" in line for line in said)
 
 
 def test_no_runs_and_bad_train_size_say_what_was_expected(tmp_path):
