@@ -34,7 +34,11 @@ def get_config():
     c.model.free_bits = 0.0             # lambda, nats per latent dimension (0: off)
 
     c.optim = common.optimizer(learning_rate=1e-3, warmup_steps=200)
-    c.train = common.training(num_steps=10_000, checkpoint_every=2_000)
+    # 1000 training images: the 17-way decoder overfits fast. Validation IWAE (k = 50)
+    # with this network: 91.4 nats after 1000 of 4000 cosine steps, then 99.0 at 2000;
+    # a 1500-step cosine run ends at 92.0; dropout 0.1 / 0.3 / 0.5 ended worse (93.3 at
+    # 1500 steps, 97.5, 102.3) by starving the latent (KL 8.8, 5.2, 2.8 nats).
+    c.train = common.training(num_steps=1_500, checkpoint_every=500)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num = 100

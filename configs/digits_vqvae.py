@@ -33,7 +33,7 @@ def get_config():
     c.model.codebook_decay = 0.99       # gamma of the EMA codebook updates
 
     c.optim = common.optimizer(learning_rate=1e-3, warmup_steps=200)
-    c.train = common.training(num_steps=5_000, checkpoint_every=1_000)
+    c.train = common.training(num_steps=3_000, checkpoint_every=1_000)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num = 100
