@@ -177,7 +177,7 @@ def evaluate(config, workdir: str, *, samples=None, heatmap: bool = True, verbos
                                  heatmap=heatmap and writer, log_prob_kwargs=exp.log_prob_kwargs(state),
                                  step=int(state.step), progress=verbose)
     result.update(exp.family.evaluations(config, exp.source, exp.model, eval_params(config, state),
-                                         exp.model_kwargs(state), verbose))
+                                         exp.model_kwargs(state), verbose, result))
     note = exp.likelihood_note()
     if note is not None:
         result["no_likelihood"] = note

@@ -257,10 +257,12 @@ def build_vae_model(config, source):
         raise ConfigError(str(err)) from None
 
 
-def vae_evaluations(config, source, model, params, model_kwargs, progress):
+def vae_evaluations(config, source, model, params, model_kwargs, progress, reported):
     """The importance-weighted bound for each k of eval.iwae_num_samples on the
     eval split: {"iwae_bounds": {"k=1": {...}, ...}}, each a lower bound on
-    log P(x) reported as the upper bound -L_k on the NLL (nats per image)."""
+    log P(x) reported as the upper bound -L_k on the NLL (nats per image). The k of
+    the headline (eval.num_importance_samples) is taken from `reported` (the same
+    images and keys), not computed twice."""
     ec = config.eval
     ks = tuple(ec.iwae_num_samples)
     bad = [k for k in ks if not (isinstance(k, int) and k >= 1)]
@@ -268,6 +270,10 @@ def vae_evaluations(config, source, model, params, model_kwargs, progress):
         raise ConfigError(f"eval.iwae_num_samples={ks!r}; expected positive integers (e.g. (1, 10, 100, 1000))")
     bounds = {}
     for k in ks:
+        if k == ec.num_importance_samples and "nll_nats" in reported:
+            bounds[f"k={k}"] = {"nll_upper_bound_nats": reported["nll_nats"], "stderr": reported["nll_stderr"],
+                                "num_eval": reported["num_eval"]}
+            continue
         nll = source.discrete_nll(model, params, ec.split, num=ec.num or None, batch_size=ec.batch_size,
                                   progress=progress, num_importance_samples=k,
                                   importance_chunk_size=ec.importance_chunk_size, **model_kwargs)
@@ -296,10 +302,10 @@ def build_vqvae_model(config, source):
         raise ConfigError(str(err)) from None
 
 
-def vqvae_evaluations(config, source, model, params, model_kwargs, progress):
+def vqvae_evaluations(config, source, model, params, model_kwargs, progress, reported):
     """Reconstruction error and codebook perplexity on the eval split (one pass of
     the loss over it; the returned codebook state is discarded)."""
-    del progress
+    del progress, reported
     ec = config.eval
     x_int, _ = source.load_split(ec.split)
     y, _ = images_lib.to_model_space(jax.random.PRNGKey(5), x_int[: ec.num or None], source.num_levels)
@@ -375,7 +381,7 @@ def _no_note(config, source) -> None:
     return None
 
 
-def _no_evaluations(config, source, model, params, model_kwargs, progress) -> dict:
+def _no_evaluations(config, source, model, params, model_kwargs, progress, reported) -> dict:
     return {}
 
 
@@ -396,9 +402,10 @@ class Family(NamedTuple):
     likelihood_note: (config, source) -> None, or why this family has no likelihood
                      on this data (an EBM's quadrature of Z needs 2-D points): the
                      evaluation then records the note and reports sample metrics only
-    evaluations:     (config, source, model, params, model_kwargs, progress) -> more
-                     results for eval.json (a VAE's bounds at several k, a VQ-VAE's
-                     reconstruction error and codebook perplexity)
+    evaluations:     (config, source, model, params, model_kwargs, progress, reported)
+                     -> more results for eval.json (a VAE's bounds at several k, a
+                     VQ-VAE's reconstruction error and codebook perplexity);
+                     `reported` is the source's evaluation, already computed
     nll_kind:        what the test NLL of `model.log_prob` is, for the family table
                      (experiments.compare): "exact" (change of variables, an
                      autoregressive product), "ode" (the density of an ODE flow: exact

@@ -291,7 +291,7 @@ def test_tiny_vae_run_trains_samples_and_reports_bounds(tmp_path):
         assert json.load(f)["iwae_bounds"] == result["iwae_bounds"]
     bounds_ = result["iwae_bounds"]
     assert set(bounds_) == {"k=1", "k=20"}
-    # the headline is the k = eval.num_importance_samples bound, drawn with the same keys
-    assert result["nll_nats"] == pytest.approx(bounds_["k=20"]["nll_upper_bound_nats"], abs=1e-3)
+    # the headline is the k = eval.num_importance_samples bound (computed once)
+    assert result["nll_nats"] == bounds_["k=20"]["nll_upper_bound_nats"]
     # -log P of a discrete image is >= 0, and an untrained 17-level model is near 64 ln 17
     assert 0 < result["nll_nats"] < 64 * math.log(17) + 20
