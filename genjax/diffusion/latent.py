@@ -15,7 +15,8 @@ its most probable level per pixel.
 
 Likelihood: a lower bound on the log-probability of the *discrete* image x,
 the ELBO of the VAE with the diffusion density as its prior (Kingma & Welling
-2014, eq. 3; Vahdat et al. 2021, eq. 1 and 2, "LSGM", written with the entropy):
+2014, eq. 3, its KL term split into cross-entropy and entropy, as in the latent
+score models of Vahdat et al. 2021):
 
     log P(x) >= E_q[log p(x|z)] + E_q[log p_diff(z)] + H[q(z|x)]
 
