@@ -212,6 +212,8 @@ def evaluate_run(workdir: str, *, num: int = DEFAULT_NUM, repeats: int = 3, clas
     row["samples_per_sec"] = num / seconds
     row["sample_seconds"] = seconds
     row["sample_calls_timed"] = timed
+    if hasattr(os, "getloadavg"):
+        row["load_average"] = round(os.getloadavg()[0], 1)  # of the machine when the sampler was timed
     levels = np.asarray(images_lib.to_levels(jnp.asarray(samples), source.num_levels))
     clf = classifier_params if classifier_params is not None else classifier.load_or_train(
         config.eval.classifier_dir)
@@ -279,11 +281,16 @@ def markdown(rows: list, *, num: int, floor_fd: float | None, machine: str) -> s
               f"when every digit is equally frequent. Memorized: fraction of near-copies of a training image "
               f"(nearest distance below 1/3 of the mean distance to the next "
               f"{metrics_lib.MEMORIZATION_NEIGHBOURS}, Carlini et al. 2023) among the samples / among the held-out "
-              f"test images. Machine: {machine}."]
+              f"test images. Machine: {machine}{_loads(rows)}."]
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['run']} ({r['family']}): {r['skipped']}" for r in skipped]
     return "\n".join(lines) + "\n"
+
+
+def _loads(rows) -> str:
+    loads = [r["load_average"] for r in rows if "load_average" in r]
+    return f"; 1-minute load average when the samplers were timed: {min(loads)} to {max(loads)}" if loads else ""
 
 
 def machine_description() -> str:
