@@ -182,7 +182,7 @@ def build_latent_diffusion_model(config, source):
                                                   num_latent_samples=config.eval.num_latent_samples)
 
 
-def latent_diffusion_evaluations(config, source, model, params, model_kwargs, progress):
+def latent_diffusion_evaluations(config, source, model, params, model_kwargs, progress, reported):
     """The autoencoder's floor and the bound's terms on the eval split:
     "autoencoder_floor": Fréchet distance and class accuracy of the reconstructions
     of the test split (the mean of q(z|x), decoded to the most probable level): the
@@ -191,7 +191,7 @@ def latent_diffusion_evaluations(config, source, model, params, model_kwargs, pr
     -nll_nats) on eval.split."""
     from experiments import registry
 
-    del model
+    del model, reported
     ec = config.eval
     test_int, test_labels = source.load_split("test")
     recon = source.autoencoder.reconstruct(test_int)
