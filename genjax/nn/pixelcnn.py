@@ -67,10 +67,8 @@ def _shifted_conv(x_BHWC, conv: nn.Conv, top: int, left: int, right: int):
     (r, c) sees input rows r - top .. r - top + kh - 1 and columns c - left ..
     c - left + kw - 1."""
     H, W = x_BHWC.shape[1:3]
-    kh, kw = conv.kernel_size
-    bottom = max(0, kh - 1 - top)
-    padded = jnp.pad(x_BHWC, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    return conv(padded)[:, :H, :W]
+    padded = jnp.pad(x_BHWC, ((0, 0), (top, 0), (left, right), (0, 0)))
+    return conv(padded)[:, :H, :W]  # kh <= top + 1 and kw <= left + right + 1 rows/columns suffice
 
 
 class VerticalConv(nn.Module):
@@ -166,6 +164,10 @@ class PixelCNN(nn.Module):
         if C != 1:
             raise ValueError(f"PixelCNN models images with C = 1 channel; got C = {C} (shape "
                              f"{x_BHWC.shape}): the sub-pixel ordering of colour channels is not implemented")
+        if self.first_kernel < 2 or self.kernel < 1:
+            raise ValueError(f"PixelCNN needs first_kernel >= 2 (mask A keeps first_kernel // 2 rows and "
+                             f"columns) and kernel >= 1; got first_kernel={self.first_kernel}, "
+                             f"kernel={self.kernel}")
         if (self.num_classes is None) != (labels_B is None):
             raise ValueError(f"PixelCNN(num_classes={self.num_classes}) "
                              f"{'needs' if labels_B is None else 'takes no'} labels")
