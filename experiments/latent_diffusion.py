@@ -30,11 +30,15 @@ LATENT_CHOICES = ("sample", "mean")
 ENCODE_BATCH = 500
 
 
-def _expected(config) -> str:
+def _expected(config, here: bool = False) -> str:
+    """What model.autoencoder_workdir must hold, and how to make it (`here`: train it
+    at that path, which holds no run yet; else in a new workdir)."""
     m = config.model
+    target = m.autoencoder_workdir if here else "DIR"
+    how = f"--workdir={target}" + ("" if here else " and set model.autoencoder_workdir=DIR")
     return (f"expected the workdir of a finished {AUTOENCODER_FAMILY!r} run (the KL autoencoder) with "
             f"model.latent_dim={m.latent_dim} on data {config.data.name!r}; train one with python -m "
-            f"experiments.main --config={AUTOENCODER_CONFIG} --workdir={m.autoencoder_workdir}")
+            f"experiments.main --config={AUTOENCODER_CONFIG} {how}")
 
 
 def autoencoder_config(config):
@@ -47,18 +51,18 @@ def autoencoder_config(config):
     if not workdir:
         raise ConfigError(f"{what} is empty; {_expected(config)}")
     if not os.path.isdir(workdir):
-        raise ConfigError(f"{what} does not exist; {_expected(config)}")
+        raise ConfigError(f"{what} does not exist; {_expected(config, here=True)}")
     saved = run_config.saved_config(workdir)
     if saved is None:
-        raise ConfigError(f"{what} holds no run (no {run_config.CONFIG_FILE}); {_expected(config)}")
+        raise ConfigError(f"{what} holds no run (no {run_config.CONFIG_FILE}); {_expected(config, here=True)}")
     family = saved.get("family")
     if family != AUTOENCODER_FAMILY:
         raise ConfigError(f"{what} holds a {family!r} run; {_expected(config)}")
     have = saved.get("model", {}).get("latent_dim")
     if have != config.model.latent_dim:
         raise ConfigError(f"{what} holds an autoencoder with model.latent_dim={have}, but this config's "
-                          f"model.latent_dim={config.model.latent_dim}; set model.latent_dim={have} or "
-                          f"{_expected(config)}")
+                          f"model.latent_dim={config.model.latent_dim}; set model.latent_dim={have} to use it, "
+                          f"otherwise {_expected(config)}")
     data = saved.get("data", {}).get("name")
     if data != config.data.name:
         raise ConfigError(f"{what} holds an autoencoder of data {data!r}, but this config's data.name="
@@ -68,7 +72,7 @@ def autoencoder_config(config):
     if not steps or (budget is not None and max(steps) < budget):
         at = f"its newest checkpoint is at step {max(steps)}" if steps else "it has no checkpoint"
         raise ConfigError(f"{what} holds no finished run: {at} of train.num_steps={budget}; finish it "
-                          f"(run the same command again to resume) or {_expected(config)}")
+                          f"(run its training command again to resume); otherwise {_expected(config)}")
     return run_config.load_run(workdir)
 
 
