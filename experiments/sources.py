@@ -295,11 +295,12 @@ def _digits_source(config):
     if not isinstance(train_size, int) or isinstance(train_size, bool) or not 0 <= train_size <= available:
         raise ConfigError(f"data.train_size={train_size!r}; expected an integer from 1 to the {available} images "
                           f"of the digits train split (0: all of them)")
-    load_split = datasets.load_digits
-    if train_size:
-        def load_split(split):
-            images, labels = datasets.load_digits(split)
-            return (images[:train_size], labels[:train_size]) if split == "train" else (images, labels)
+    def load_split(split):
+        images, labels = datasets.load_digits(split)
+        if train_size and split == "train":
+            return images[:train_size], labels[:train_size]
+        return images, labels
+
     return ImageSource(config, load_split, datasets.DIGITS_LEVELS,
                        datasets.DIGITS_CLASSES, has_classifier=True)
 

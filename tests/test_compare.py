@@ -69,7 +69,7 @@ def table(tmp_path_factory):
     return root, configs, result
 
 
-@pytest.mark.slow  # four tiny runs trained and compared (~70 CPU-s; minutes on a loaded machine)
+@pytest.mark.slow  # four tiny runs trained and compared (25 s at load ~2, minutes on a loaded machine)
 def test_the_table_has_its_columns_labels_and_floors(table):
     root, configs, result = table
     rows = {os.path.basename(r["run"]): r for r in result["rows"]}
