@@ -62,7 +62,8 @@ def grid_title(config, kwargs, weight, step):
 
 
 def to_markdown(rows, config):
-    lines = [f"sampler: {config.sample.method}, {config.sample.num_steps} steps",
+    steps = config.sample.get("num_steps")  # samplers without steps (an autoregressive one) have none
+    lines = [f"sampler: {config.sample.method}" + ("" if steps is None else f", {steps} steps"),
              "", "| w | class accuracy | FD to test |", "|---|---|---|"]
     lines += [f"| {r['guidance']:g} | {r['class_accuracy']:.3f} | {r['frechet_distance']:.2f} |"
               for r in rows]
