@@ -46,7 +46,7 @@ def image_bytes(levels_HW: np.ndarray, **save_kwargs) -> int:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(levels_HW, np.uint8), mode="L").save(buf, **save_kwargs)
+    Image.fromarray(np.ascontiguousarray(levels_HW, np.uint8)).save(buf, **save_kwargs)  # 2-D uint8: mode "L"
     return len(buf.getvalue())
 
 
