@@ -4,9 +4,11 @@ chain rule over pixels, ancestral sampling, and range coding.
 With L levels per pixel and pixels in raster order, the network
 (`genjax.nn.pixelcnn.PixelCNN`) gives every conditional at once,
 
-    log P(x | y) = sum_{i=1}^{D} log softmax(f_theta(x_<i, y)_i)[x_i]       (van den Oord et al. 2016, eq. 1)
+    log P(x | c) = sum_{i=1}^{D} log softmax(f_theta(x_<i, c)_i)[x_i]       (van den Oord et al. 2016, eq. 1)
 
-so the loss is the exact negative log-likelihood of the integer levels — the
+with c an optional class label,
+
+and the loss is the exact negative log-likelihood of the integer levels — the
 cross-entropy of L-way categoricals, no dequantization bound.
 
 Data convention. The image families see images in model space [-1, 1]
@@ -27,7 +29,7 @@ is exactly -log P(x) here, comparable with the bounds of the other families.
 
 Sampling draws the D pixels one after another, one network pass each, in one
 `lax.fori_loop`. Classifier-free guidance (Ho & Salimans 2022) mixes the logits,
-(1 + w) l(x, c) - w l(x, null), as for the LM's logit processing.
+(1 + w) l(x, c) - w l(x, null), both from one network call of batch 2N.
 
 Coding (`code_images`): the conditionals drive the range coder of
 `genjax.autoregressive.coding`; one jitted program codes in both directions,
