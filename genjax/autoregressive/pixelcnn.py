@@ -6,8 +6,9 @@ With L levels per pixel and pixels in raster order, the network
 
     log P(x | c) = sum_{i=1}^{D} log softmax(f_theta(x_<i, c)_i)[x_i]       (van den Oord et al. 2016, eq. 1)
 
-with c an optional class label, and the loss is the exact negative log-likelihood of the integer levels — the
-cross-entropy of L-way categoricals, no dequantization bound.
+with c an optional class label, and the loss is the exact negative
+log-likelihood of the integer levels — the cross-entropy of L-way
+categoricals, no dequantization bound.
 
 Data convention. The image families see images in model space [-1, 1]
 (`genjax.data.images`), uniformly dequantized: y = -1 + 2 (x + u) / L. The
