@@ -212,6 +212,14 @@ COMMANDS = {
     "python -m benchmarks.ensemble": Entry(skip="one of make bench's commands: tests/test_benchmarks.py runs it (--quick)"),
     "python -m benchmarks.config_run_times": Entry(  # not one of make bench's: one config, one timed call
         shrink="--configs=toy_vpsde --calls=1", check=lambda ws, out: "| toy_vpsde | 6000 |" in out),
+    "python -m experiments.pixelcnn_compress --workdir=runs/digits_pixelcnn": Entry(
+        skip="codes a trained PixelCNN's test split; tests/test_pixelcnn.py runs the script on a tiny run"),
+    "python -m experiments.main --config=configs/digits_kl_autoencoder.py --workdir=runs/digits_kl_ae": Entry(
+        skip="tests/test_latent_diffusion.py trains a tiny autoencoder and a latent diffusion run on it"),
+    "python -m experiments.main --config=configs/digits_latent_diffusion.py --workdir=runs/digits_ldm": Entry(
+        skip="tests/test_latent_diffusion.py trains a tiny autoencoder and a latent diffusion run on it"),
+    "python -m experiments.compare --runs_dir=runs/table --out=runs/table/compare": Entry(
+        skip="reads trained runs of every family; tests/test_compare.py trains tiny ones and compares them"),
     'pip install "jax[cuda13]"': Entry(skip="installs the GPU build of JAX from the network"),
 }
 
