@@ -71,6 +71,7 @@ _REUSE = flags.DEFINE_bool("reuse", False, "Keep the rows of --out/rows.jsonl wh
 DEFAULT_NUM = 1000
 FD_FLOOR = 11.4  # FD(test split, train split) of the digits classifier (docs/RESULTS.md)
 SAMPLE_STREAM = 11  # the key stream experiments.main samples from
+GRID_SAMPLES = 64  # samples per run in samples.png (a square number)
 NLL_KIND_LABELS = {"exact": "exact", "ode": "exact (ODE)", "bound": "bound"}
 
 COLUMNS = ("run", "family", "sampler", "steps", "test NLL (nats/image)", "NLL kind", "FD",
@@ -215,6 +216,7 @@ def evaluate_run(workdir: str, *, num: int = DEFAULT_NUM, repeats: int = 3, clas
     if hasattr(os, "getloadavg"):
         row["load_average"] = round(os.getloadavg()[0], 1)  # of the machine when the sampler was timed
     levels = np.asarray(images_lib.to_levels(jnp.asarray(samples), source.num_levels))
+    row["grid_levels"] = levels[:GRID_SAMPLES, ..., 0].tolist()  # the first samples, for samples.png
     clf = classifier_params if classifier_params is not None else classifier.load_or_train(
         config.eval.classifier_dir)
     row["fd"] = classifier.frechet_distance_to(clf, levels, test_int)
@@ -328,9 +330,33 @@ def cached_row(out_dir: str, workdir: str, num: int) -> dict | None:
     steps = run_config.checkpoint_steps(workdir)
     if "skipped" in row:
         return row
-    if not steps or steps[0] != row.get("steps") or row.get("num_samples") != num:
+    if not steps or steps[0] != row.get("steps") or row.get("num_samples") != num or "grid_levels" not in row:
         return None
     return row
+
+
+def sample_figure(path: str, rows: list, num_levels: int = 17):
+    """samples.png: the first GRID_SAMPLES samples of every measured run, one panel
+    each, titled with the run, its family and test NLL (dark = high level)."""
+    from experiments import plots
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if "grid_levels" in r]
+    cols = min(4, len(shown))
+    fig_rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(fig_rows, cols, figsize=(3 * cols, 3.3 * fig_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    side = int(math.sqrt(GRID_SAMPLES))
+    for ax, r in zip(axes.ravel(), shown):
+        levels = np.asarray(r["grid_levels"])[..., None]
+        grid = np.asarray(images_lib.image_grid(levels, nrow=side, pad_value=num_levels - 1))
+        ax.imshow(grid[..., 0], cmap="gray_r", vmin=0, vmax=num_levels - 1)
+        nll = "no NLL" if r["nll_kind"] == "none" else f"NLL {r['nll_nats']:.1f} ({r['nll_kind']})"
+        ax.set_title(f"{os.path.basename(r['run'])}\n{r['family']}, {nll}, FD {r['fd']:.1f}", fontsize=8)
+    fig.suptitle(f"first {GRID_SAMPLES} samples of each run, with its config's sampler and weights (eval.params)")
+    plots.save(fig, path)
+    return path
 
 
 def compare(workdirs, out_dir: str, *, num: int = DEFAULT_NUM, repeats: int = 3, reuse: bool = False,
@@ -365,6 +391,8 @@ def compare(workdirs, out_dir: str, *, num: int = DEFAULT_NUM, repeats: int = 3,
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(table)
+    if any("grid_levels" in r for r in rows):
+        say(f"wrote {sample_figure(os.path.join(out_dir, 'samples.png'), rows)}")
     result = {"rows": rows, "fd_floor": floor_fd, "fd_floor_reference": FD_FLOOR, "num_samples": num,
               "repeats": repeats, "machine": machine,
               "memorization": {"neighbours": metrics_lib.MEMORIZATION_NEIGHBOURS,

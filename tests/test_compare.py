@@ -115,12 +115,19 @@ def test_the_table_has_its_columns_labels_and_floors(table):
         saved = json.load(f)
     assert [r["run"] for r in saved["rows"]] == [r["run"] for r in result["rows"]]
     assert saved["fd_floor"] == pytest.approx(11.4, abs=0.2)
+    # samples.png: a panel of each compared run's first samples, kept in its row as levels
+    assert (root / "compare" / "samples.png").exists()
+    for name in ("glow", "memorize", "gan"):
+        grid = np.asarray(rows[name]["grid_levels"])
+        assert grid.shape == (min(compare.GRID_SAMPLES, 60), 8, 8) and grid.min() >= 0 and grid.max() <= 16
+    assert "grid_levels" not in rows["toy"]
     # --reuse: runs that have not trained since are not measured again
     said = []
     again = compare.compare(compare.find_runs(runs_dir=str(root)), str(root / "compare"), num=60, repeats=1,
                             reuse=True, say=lambda *a, **k: said.append(a[0]))
-    assert again["rows"] == result["rows"] and len(said) == 4
-    assert all("the row measured at step" in line for line in said)
+    reused = [line for line in said if not line.startswith("wrote ")]
+    assert again["rows"] == result["rows"] and len(reused) == 4
+    assert all("the row measured at step" in line for line in reused)
 
 
 def test_no_runs_and_bad_train_size_say_what_was_expected(tmp_path):
