@@ -187,3 +187,43 @@ def test_expert_axis_must_divide_num_experts(eight_devices):
     params = _init(moe.MoEMLP(4, 1, F), _x())
     with pytest.raises(ValueError, match="size 8 does not divide num_experts=4"):
         moe.expert_parallel_shardings(params, mesh)
+
+
+def test_transformer_default_stays_dense_and_moe_lm_trains():
+    import optax
+    from genjax.autoregressive.lm import make_lm
+
+    tokens = jax.random.randint(jax.random.key(0), (4, 17), 0, 32)
+    batch = {"tokens": tokens}
+    dense = make_lm(vocab_size=32, num_layers=2, d_model=16, num_heads=2, max_len=16)
+    dense_block = dense.init(jax.random.key(1), batch)["block_0"]
+    assert "fc" in dense_block and "proj" in dense_block and "moe" not in dense_block
+    _, dense_metrics = dense.loss(dense.init(jax.random.key(1), batch), jax.random.key(2), batch)
+    assert not any(name.startswith("moe_") for name in dense_metrics)
+
+    lm = make_lm(vocab_size=32, num_layers=2, d_model=16, num_heads=2, max_len=16,
+                 num_experts=4, experts_per_token=2)
+    params = lm.init(jax.random.key(1), batch)
+    assert "moe" in params["block_0"] and "fc" not in params["block_0"]
+    assert params["block_0"]["moe"]["w_in_EDF"].shape == (4, 16, 64)
+    optimizer = optax.adam(1e-2)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        (loss, metrics), grads = jax.value_and_grad(lm.loss, has_aux=True)(params, jax.random.key(2), batch)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss, metrics
+
+    params, opt_state, first, metrics = step(params, opt_state)
+    want = (metrics["nats_per_token"] + 0.01 * metrics["moe_load_balancing_loss"]
+            + 1e-3 * metrics["moe_router_z_loss"])
+    np.testing.assert_allclose(first, want, rtol=1e-6)
+    assert 1.0 <= float(metrics["moe_max_load"]) <= 4.0
+    for _ in range(10):
+        params, opt_state, loss, metrics = step(params, opt_state)
+    assert float(loss) < float(first)
+    samples = lm.sample(params, jax.random.key(3), 2, max_new_tokens=4)
+    assert samples.shape == (2, 5)
+    with pytest.raises(ValueError, match="experts_per_token=3 must be between 1 and num_experts=2"):
+        make_lm(vocab_size=32, num_experts=2, experts_per_token=3).init(jax.random.key(0), batch)

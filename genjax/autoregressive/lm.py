@@ -15,7 +15,7 @@ import numpy as np
 
 from genjax.autoregressive.decode import check_lengths, generate
 from genjax.core import Model
-from genjax.nn.transformer import Transformer
+from genjax.nn.transformer import MOE_COLLECTION, Transformer
 
 
 def check_tokens(name: str, tokens, vocab_size: int) -> None:
@@ -40,6 +40,13 @@ def token_nll(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
 
 
+def _mean_over_layers(sown):
+    """{block: {name: (value,)}} -> {name: mean of value over blocks}."""
+    names = next(iter(sown.values())).keys()
+    return {name: jnp.mean(jnp.stack([v for block in sown.values() for v in block[name]]), axis=0)
+            for name in names}
+
+
 def make_lm(
     *,
     vocab_size: int,
@@ -55,6 +62,12 @@ def make_lm(
     attention: str = "auto",
     layer_norm: str = "xla",
     gelu: str = "xla",
+    num_experts: int = 0,
+    experts_per_token: int = 2,
+    expert_capacity_factor: float = 1.25,
+    expert_dropless: bool = False,
+    load_balancing_weight: float = 0.01,
+    router_z_weight: float = 1e-3,
     bos_id: int = 0,
 ) -> Model:
     """A transformer LM as a `Model(init, loss, sample, log_prob)`.
@@ -74,6 +87,14 @@ def make_lm(
     sample(params, key, num, *, prompt=None, max_new_tokens=64, temperature=1.0,
         top_k=None, top_p=None) -> int32 (num, P + max_new_tokens), prompt
         included. `prompt` is (P,) shared by all samples or (num, P).
+
+    Mixture of experts (num_experts > 0; see `genjax.nn.moe`): the training
+    loss is nats/token + load_balancing_weight * (balancing loss) +
+    router_z_weight * (z-loss), each averaged over layers (defaults 1e-2 as
+    Switch, Fedus et al. 2021, and 1e-3 as ST-MoE, Zoph et al. 2022); the
+    metrics add 'moe_load_balancing_loss', 'moe_router_z_loss',
+    'moe_dropped_fraction' and 'moe_max_load' (E * the largest expert's share
+    of assignments: 1 when balanced). 'nats_per_token' stays the NLL alone.
     """
     if not 0 <= bos_id < vocab_size:
         raise ValueError(f"bos_id={bos_id} outside [0, {vocab_size})")
@@ -81,7 +102,8 @@ def make_lm(
         vocab_size=vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
         d_ff=d_ff, max_len=max_len, dropout=dropout, positions=positions,
         tie_embeddings=tie_embeddings, dtype=dtype, attention=attention, layer_norm=layer_norm,
-        gelu=gelu,
+        gelu=gelu, num_experts=num_experts, experts_per_token=experts_per_token,
+        expert_capacity_factor=expert_capacity_factor, expert_dropless=expert_dropless,
     )
 
     def split(batch):
@@ -102,16 +124,33 @@ def make_lm(
 
     def loss(params, key, batch, *, train: bool = True):
         inputs_BL, targets_BL = split(batch)
-        logits_BLV = net.apply(
-            {"params": params}, inputs_BL, deterministic=not train, rngs={"dropout": key}
-        )
+        if num_experts:
+            logits_BLV, state = net.apply(
+                {"params": params}, inputs_BL, deterministic=not train, rngs={"dropout": key},
+                mutable=[MOE_COLLECTION],
+            )
+        else:
+            logits_BLV = net.apply(
+                {"params": params}, inputs_BL, deterministic=not train, rngs={"dropout": key}
+            )
         nats = jnp.mean(token_nll(logits_BLV, targets_BL))
         metrics = {
             "nats_per_token": nats,
             "bits_per_byte": nats / jnp.log(2.0),
             "perplexity": jnp.exp(nats),
         }
-        return nats, metrics
+        if not num_experts:
+            return nats, metrics
+        moe = _mean_over_layers(state[MOE_COLLECTION])
+        metrics.update({
+            "moe_load_balancing_loss": moe["load_balancing_loss"],
+            "moe_router_z_loss": moe["router_z_loss"],
+            "moe_dropped_fraction": moe["dropped_fraction"],
+            "moe_max_load": num_experts * jnp.max(moe["load_E"]),
+        })
+        total = (nats + load_balancing_weight * moe["load_balancing_loss"]
+                 + router_z_weight * moe["router_z_loss"])
+        return total, metrics
 
     def log_prob(params, key, batch):
         del key  # exact and deterministic

@@ -29,8 +29,11 @@ import numpy as np
 
 from genjax.nn.dropout import Dropout
 from genjax.nn import cpu_kernels
+from genjax.nn.moe import MoEMLP
 
 _POSITIONS = ("learned", "rotary")
+MOE_COLLECTION = "moe_aux"
+
 _ATTENTION = ("auto", "blocked", "einsum", "dpa", "xla", "cudnn", "cpu_kernel")
 
 
@@ -278,6 +281,10 @@ class _Block(nn.Module):
     gelu_approximate: bool = True
     layer_norm: str = "xla"
     gelu: str = "xla"
+    num_experts: int = 0
+    experts_per_token: int = 2
+    expert_capacity_factor: float = 1.25
+    expert_dropless: bool = False
 
     @nn.compact
     def __call__(self, x_BTD, pos_T, kv=None, write_pos=None, deterministic=True):
@@ -291,7 +298,16 @@ class _Block(nn.Module):
         init = nn.initializers.normal(0.02)
         out_init = nn.initializers.normal(0.02 / np.sqrt(2 * self.num_layers))
         x_ln_BTD = _layer_norm(self.layer_norm, "ln2")(x_BTD)
-        if self.gelu == "cpu_kernel" and self.gelu_approximate and cpu_kernels.gelu_mlp_applies(x_ln_BTD, self.dtype):
+        if self.num_experts:
+            h_BTD, aux = MoEMLP(
+                self.num_experts, self.experts_per_token, self.d_ff,
+                capacity_factor=self.expert_capacity_factor, dropless=self.expert_dropless,
+                gelu_approximate=self.gelu_approximate, dtype=self.dtype,
+                kernel_init=init, out_init=out_init, name="moe",
+            )(x_ln_BTD)
+            for name, value in aux.items():
+                self.sow(MOE_COLLECTION, name, value)
+        elif self.gelu == "cpu_kernel" and self.gelu_approximate and cpu_kernels.gelu_mlp_applies(x_ln_BTD, self.dtype):
             # The same parameters as the Dense layers below, through the fused kernel.
             fc = _DenseParams(self.d_ff, init, name="fc")(D)
             proj = _DenseParams(D, out_init, name="proj")(self.d_ff)
@@ -331,6 +347,17 @@ class Transformer(nn.Module):
         parameters through `genjax.nn.cpu_kernels.gelu_mlp` (fused bias + tanh
         GELU, weight gradients as plain products) where it applies (float32 on
         a CPU, tanh GELU); XLA's otherwise.
+      num_experts: 0 (default) for the dense MLP; E > 0 replaces every block's
+        MLP by a routed `genjax.nn.moe.MoEMLP` of E experts of width d_ff (its
+        parameters under "moe" instead of "fc"/"proj"). Each block sows its
+        auxiliary outputs (load-balancing and z losses, load per expert,
+        dropped fraction) into the MOE_COLLECTION collection; apply with
+        `mutable=[MOE_COLLECTION]` to read them (`make_lm` adds the losses).
+      experts_per_token: k of the top-k routing (used when num_experts > 0).
+      expert_capacity_factor: capacity factor of the MoE layers; the capacity
+        counts the tokens of one call, so decoding one token at a time routes
+        differently from a full forward unless `expert_dropless`.
+      expert_dropless: the dropless MoE path (`jax.lax.ragged_dot`).
 
     Apply methods: `__call__` (training / full forward) and `cached_call`
     (feeds tokens into a KVCache). The plain methods `init_cache`, `prefill`,
@@ -353,6 +380,10 @@ class Transformer(nn.Module):
     gelu_approximate: bool = True
     layer_norm: str = "xla"
     gelu: str = "xla"
+    num_experts: int = 0
+    experts_per_token: int = 2
+    expert_capacity_factor: float = 1.25
+    expert_dropless: bool = False
 
     def setup(self):
         if self.d_model % self.num_heads:
@@ -365,6 +396,9 @@ class Transformer(nn.Module):
             raise ValueError(f"layer_norm={self.layer_norm!r}; expected one of {_LAYER_NORM}")
         if self.gelu not in _GELU:
             raise ValueError(f"gelu={self.gelu!r}; expected one of {_GELU}")
+        if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+            raise ValueError(f"experts_per_token={self.experts_per_token} must be between 1 and "
+                             f"num_experts={self.num_experts}")
         if self.positions == "rotary" and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"rotary positions need an even head_dim; got {self.d_model // self.num_heads}")
         init = nn.initializers.normal(0.02)
@@ -377,7 +411,8 @@ class Transformer(nn.Module):
             _Block(
                 self.num_heads, self.num_layers, self.d_ff or 4 * self.d_model, self.dropout,
                 self.positions, self.attention, self.rope_base, self.dtype, self.gelu_approximate,
-                self.layer_norm, self.gelu, name=f"block_{i}",
+                self.layer_norm, self.gelu, self.num_experts, self.experts_per_token,
+                self.expert_capacity_factor, self.expert_dropless, name=f"block_{i}",
             )
             for i in range(self.num_layers)
         ]
