@@ -62,8 +62,8 @@ flags.declare_key_flag("num")
 _RUNS = flags.DEFINE_list("runs", [], "Trained run workdirs, comma-separated.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", None, "A directory whose subdirectories holding a config.json "
                                 "are runs (added to --runs).")
-_OUT = flags.DEFINE_string("out", None, "Where compare.md and compare.json go (default <runs_dir>/compare, "
-                           "or runs/compare).")
+main_lib.define_path_flag("out")  # where compare.md and compare.json go (default <runs_dir>/compare, or runs/compare)
+flags.declare_key_flag("out")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed sampling calls per run (the median is reported).")
 _REUSE = flags.DEFINE_bool("reuse", False, "Keep the rows of --out/rows.jsonl whose run has not trained "
                            "since (same newest checkpoint, same --num).")
@@ -405,7 +405,7 @@ def compare(workdirs, out_dir: str, *, num: int = DEFAULT_NUM, repeats: int = 3,
 def main(argv):
     del argv
     workdirs = find_runs(_RUNS.value, _RUNS_DIR.value)
-    out = _OUT.value or os.path.join(_RUNS_DIR.value or "runs", "compare")
+    out = flags.FLAGS.out or os.path.join(_RUNS_DIR.value or "runs", "compare")
     result = compare(workdirs, out, num=flags.FLAGS.num or DEFAULT_NUM, repeats=_REPEATS.value,
                      reuse=_REUSE.value)
     print(result["markdown"])

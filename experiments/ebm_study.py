@@ -50,7 +50,8 @@ flags.declare_key_flag("config")
 flags.declare_key_flag("workdir")
 flags.declare_key_flag("verbose")
 flags.declare_key_flag("num")
-_FIGURE = flags.DEFINE_string("figure", None, "Also write the density figure here.")
+main_lib.define_path_flag("figure")  # also write the density figure here
+flags.declare_key_flag("figure")
 DEFAULT_NUM = 4_000
 FLOOR_PAIRS = 5
 TV_BLOCKS = 16  # the partition of the box for the total variation, per axis
@@ -177,8 +178,8 @@ def main(argv):
     result, figure = ebm_study(config, workdir, flags.FLAGS.num or DEFAULT_NUM)
     with open(os.path.join(workdir, "ebm_study.json"), "w") as f:
         json.dump(result, f, indent=2)
-    if _FIGURE.value:
-        shutil.copyfile(figure, _FIGURE.value)
+    if flags.FLAGS.figure:
+        shutil.copyfile(figure, flags.FLAGS.figure)
     print(json.dumps(result, indent=2))
 
 

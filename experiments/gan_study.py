@@ -45,7 +45,8 @@ flags.declare_key_flag("verbose")
 flags.declare_key_flag("num")
 flags.declare_key_flag("seeds")
 flags.declare_key_flag("strategy")
-_FIGURE = flags.DEFINE_string("figure", None, "Also write the per-seed sample figure here.")
+main_lib.define_path_flag("figure")  # also write the per-seed sample figure here
+flags.declare_key_flag("figure")
 
 SAMPLE_STREAM = 11  # the key stream experiments.main samples from
 FD_SUBSET = 100
@@ -149,7 +150,7 @@ def main(argv):
     run_config.check_directory(workdir)
     os.makedirs(workdir, exist_ok=True)
     num = flags.FLAGS.num or config.sample.num
-    result = gan_study(config, workdir, ablate._SEEDS.value, ablate._STRATEGY.value, num, _FIGURE.value)
+    result = gan_study(config, workdir, ablate._SEEDS.value, ablate._STRATEGY.value, num, flags.FLAGS.figure)
     brief = {k: v for k, v in result.items() if k not in ("ema", "last")}
     brief["ema"] = result["ema"]["summary"]
     brief["last"] = result["last"]["summary"]

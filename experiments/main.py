@@ -73,6 +73,16 @@ def define_num(help_text: str) -> None:
         flags.DEFINE_integer("num", None, help_text)
 
 
+def define_path_flag(name: str) -> None:
+    """Defines --<name> (a path, default None: the script's own default) once, for
+    the analysis scripts that share the name (--out: compare, sampler_study;
+    --figure: gan_study, ebm_study), which the tests import into one process; read
+    it as `flags.FLAGS[name].value` and declare it a key flag in the script
+    (`flags.declare_key_flag(name)`) so its --help lists it."""
+    if name not in flags.FLAGS:
+        flags.DEFINE_string(name, None, "A path: what it holds and its default are in the usage line above.")
+
+
 def train(config, workdir: str, *, stop_after: int | None = None, progress: bool = True,
           allow_changes=(), identity_sections=None):
     """Trains (resuming from the newest checkpoint) and returns the final state.

@@ -466,8 +466,8 @@ flags.declare_key_flag("num")
 _PROBLEM = flags.DEFINE_enum("problem", "mix64d", list(PROBLEMS),
                              "mix64d (exact score) or digits (a trained run).")
 _NFES = flags.DEFINE_string("nfes", ",".join(map(str, DEFAULT_NFES)), "Comma-separated target NFEs.")
-_OUT = flags.DEFINE_string("out", None,
-                           "Output directory (default: the workdir; runs/sampler_study for mix64d).")
+main_lib.define_path_flag("out")  # default: the workdir; runs/sampler_study for mix64d
+flags.declare_key_flag("out")
 _SAMPLER_NAMES = flags.DEFINE_list("samplers", list(SAMPLERS), "Samplers to run.")
 _DISCRETIZATION = flags.DEFINE_enum("discretization", "logsnr", list(solvers.DISCRETIZATIONS),
                                     "Time grid of DDIM, DPM-Solver++ and EDM Heun.")
@@ -492,14 +492,14 @@ def main(argv):
     t0 = time.perf_counter()
     if problem_name == "mix64d":
         problem = mix64d_problem(num)
-        out = _OUT.value or os.path.join("runs", "sampler_study")
+        out = flags.FLAGS.out or os.path.join("runs", "sampler_study")
     else:
         workdir = main_lib._WORKDIR.value
         if workdir is None:
             raise app.UsageError("--problem=digits needs --workdir of a trained run")
         config = main_lib.trained_config(workdir)
         problem = digits_problem(config, workdir, num)
-        out = _OUT.value or workdir
+        out = flags.FLAGS.out or workdir
     print(f"{problem_name}: {num} samples, NFEs {list(nfes)}, {problem.metric} floor "
           f"{problem.floor:.4g} ± {problem.floor_std:.2g} "
           f"(set-up {time.perf_counter() - t0:.1f} s)", flush=True)

@@ -30,3 +30,13 @@ def test_the_glue_refuses_another_package_named_genjax(tmp_path):
 def test_the_glue_imports_with_this_projects_genjax():
     proc = _import_experiments([REPO])
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_script_of_the_glue_imports_into_one_process():
+    # absl flags are global: two scripts defining the same flag name cannot both be imported
+    # (the tests import several); shared names go through main.define_num / define_path_flag
+    code = ("import importlib, pkgutil, experiments\n"
+            "for m in pkgutil.iter_modules(experiments.__path__):\n"
+            "    importlib.import_module('experiments.' + m.name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
