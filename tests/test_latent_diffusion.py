@@ -17,6 +17,7 @@ from experiments.configuration import ConfigError
 from genjax.diffusion import latent as latent_lib
 from genjax.diffusion import likelihood, sde as sde_lib
 from genjax.vae import likelihood as vae_likelihood
+from genjax.data import images as images_lib
 from tests import test_vae
 
 
@@ -111,7 +112,7 @@ def test_latent_model_rescales_the_prior_and_returns_a_density_of_cells():
     np.testing.assert_allclose(terms["prior"], want_prior, atol=0.05)
     model = latent_lib.make_latent_diffusion_model(prior, vae, vae_params, scale=scale)
     logp = model.log_prob(None, jax.random.PRNGKey(3), y, num_latent_samples=4000)
-    np.testing.assert_allclose(logp, terms["bound"] - vae_likelihood.log_bin_volume((8, 8, 1), 17), rtol=1e-6)
+    np.testing.assert_allclose(logp, terms["bound"] - images_lib.log_cell_volume((8, 8, 1), 17), rtol=1e-6)
     images = model.sample(None, jax.random.PRNGKey(4), 5)
     assert images.shape == (5, 8, 8, 1)
     with pytest.raises(ValueError, match="decode"):
@@ -189,7 +190,7 @@ def test_tiny_latent_diffusion_run_trains_on_latents_and_samples_images(tmp_path
     samples = main.sample(config, wd, verbose=False)
     assert samples.shape == (8, 8, 8, 1)
     # decoded to the most probable level: cell centres of the 17 levels (up to one ulp)
-    centres = vae_likelihood.cell_centres(vae_likelihood.levels_of(samples, 17), 17)
+    centres = images_lib.level_centres(vae_likelihood.levels_of(samples, 17), 17)
     np.testing.assert_allclose(np.asarray(centres), samples, rtol=0, atol=1e-6)
     result = main.evaluate(config, wd, samples=samples, verbose=False)
     assert result["bound_terms"]["bound_nats"] == pytest.approx(-result["nll_nats"], abs=1e-2)

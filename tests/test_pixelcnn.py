@@ -81,14 +81,14 @@ def test_log_prob_is_the_chain_rule_evaluated_pixel_by_pixel(conditional):
     B = 3
     x_int = jax.random.randint(jax.random.PRNGKey(3), (B,) + SHAPE, 0, L)
     labels = jnp.array([1, 4, 9]) if conditional else None
-    params = model.init(jax.random.PRNGKey(0), {"x": pc.level_centres(x_int, L), "label": labels}
-                        if conditional else pc.level_centres(x_int, L))
+    params = model.init(jax.random.PRNGKey(0), {"x": images_lib.level_centres(x_int, L), "label": labels}
+                        if conditional else images_lib.level_centres(x_int, L))
     # p(x_i | x_<i): the net sees pixels < i and random junk at pixels >= i
     junk = jax.random.randint(jax.random.PRNGKey(4), (D, B) + SHAPE, 0, L).reshape(D, B, D)
     before = jnp.arange(D)[None, :] < jnp.arange(D)[:, None]  # [i, j]: j < i
     partial = jnp.where(before[:, None, :], x_int.reshape(1, B, D), junk).reshape(D * B, *SHAPE)
     lab = None if labels is None else jnp.tile(labels, D)
-    logits = net.apply(params, pc.level_centres(partial, L), lab).reshape(D, B, D, L)
+    logits = net.apply(params, images_lib.level_centres(partial, L), lab).reshape(D, B, D, L)
     logp_i = jax.nn.log_softmax(logits, -1)[jnp.arange(D), :, jnp.arange(D), :]  # (D, B, L)
     chain = jnp.take_along_axis(logp_i, x_int.reshape(B, D).T[..., None], -1)[..., 0].sum(0)
     # log_prob of the dequantized images (any u) is log P(x) - D log(2/L)
@@ -107,8 +107,8 @@ def test_probabilities_sum_to_one_over_all_images_of_a_tiny_grid():
     net = PixelCNN(num_levels=3, channels=4, head=8, num_layers=1, first_kernel=3)
     model = pc.make_pixelcnn_model(net, data_shape=(2, 2, 1), num_levels=3)
     grid = jnp.stack(jnp.meshgrid(*[jnp.arange(3)] * 4, indexing="ij"), -1).reshape(81, 2, 2, 1)
-    params = model.init(jax.random.PRNGKey(0), pc.level_centres(grid, 3))
-    logp = model.log_prob(params, None, pc.level_centres(grid, 3)) + pc.log_cell_volume((2, 2, 1), 3)
+    params = model.init(jax.random.PRNGKey(0), images_lib.level_centres(grid, 3))
+    logp = model.log_prob(params, None, images_lib.level_centres(grid, 3)) + images_lib.log_cell_volume((2, 2, 1), 3)
     np.testing.assert_allclose(jnp.sum(jnp.exp(logp)), 1.0, rtol=1e-5)
 
 
@@ -124,7 +124,7 @@ def test_sample_shape_and_levels(conditional):
     s = jax.jit(lambda p, k: model.sample(p, k, 5, **kwargs))(params, jax.random.PRNGKey(1))
     assert s.shape == (5,) + SHAPE
     levels = images_lib.to_levels(s, L)
-    np.testing.assert_allclose(s, pc.level_centres(levels, L), atol=1e-6)  # the cell centres
+    np.testing.assert_allclose(s, images_lib.level_centres(levels, L), atol=1e-6)  # the cell centres
     assert int(levels.min()) >= 0 and int(levels.max()) < L
     # a sample is a draw of the model: its log-probability is finite
     assert np.all(np.isfinite(model.log_prob(params, None, s, **({"labels": jnp.arange(5)} if conditional else {}))))

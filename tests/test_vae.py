@@ -18,6 +18,7 @@ from experiments.configuration import ConfigError
 from genjax.vae import bounds, likelihood
 from genjax.vae import model as vae_lib
 from genjax.vae import nets as vae_nets
+from genjax.data import images as images_lib
 
 # ----------------------------------------------------------------------------- pPCA oracle
 # x = W z + mu + sigma eps, z ~ N(0, I_L): p(x) = N(mu, W W^T + sigma^2 I). With W's
@@ -147,9 +148,9 @@ def test_categorical_likelihood_sums_to_one_over_all_images():
 
 def test_levels_and_cell_centres_round_trip():
     levels = jnp.arange(17)
-    np.testing.assert_array_equal(np.asarray(likelihood.levels_of(likelihood.cell_centres(levels, 17), 17)),
+    np.testing.assert_array_equal(np.asarray(likelihood.levels_of(images_lib.level_centres(levels, 17), 17)),
                                   np.arange(17))
-    assert likelihood.log_bin_volume((8, 8, 1), 17) == pytest.approx(64 * math.log(2 / 17))
+    assert images_lib.log_cell_volume((8, 8, 1), 17) == pytest.approx(64 * math.log(2 / 17))
 
 
 def tiny_vae(latent_dim=1, shape=(2, 2, 1), num_levels=3):
@@ -170,7 +171,7 @@ def test_model_log_prob_bounds_the_exact_marginal_and_the_marginal_normalizes():
     vae = tiny_vae()
     model = vae_lib.make_vae_model(vae, num_importance_samples=2000, importance_chunk_size=500)
     images = np.array(list(itertools.product(range(3), repeat=4)), np.int32).reshape(-1, 2, 2, 1)
-    y = likelihood.cell_centres(jnp.asarray(images), 3)
+    y = images_lib.level_centres(jnp.asarray(images), 3)
     params = model.init(jax.random.PRNGKey(0), y)
     # sharpen the decoder's dependence on z, so the posterior is not the prior
     params["decoder"] = jax.tree_util.tree_map(lambda p: 3.0 * p, params["decoder"])
@@ -183,7 +184,7 @@ def test_model_log_prob_bounds_the_exact_marginal_and_the_marginal_normalizes():
     log_px = np.asarray(jax.scipy.special.logsumexp(log_lik + jnp.asarray(log_weights, jnp.float32)[:, None],
                                                     axis=0))
     np.testing.assert_allclose(np.exp(log_px).sum(), 1.0, rtol=1e-4)
-    bound = np.asarray(jax.jit(model.log_prob)(params, jax.random.PRNGKey(1), y)) + likelihood.log_bin_volume((2, 2, 1), 3)
+    bound = np.asarray(jax.jit(model.log_prob)(params, jax.random.PRNGKey(1), y)) + images_lib.log_cell_volume((2, 2, 1), 3)
     gap = log_px - bound
     assert np.all(np.abs(gap) < 0.3), gap
     assert gap.mean() > -3 * gap.std() / math.sqrt(len(gap)), gap
@@ -206,7 +207,7 @@ def test_log_prob_is_the_same_anywhere_in_a_cell():
 
 def test_loss_is_negative_elbo_and_beta_and_free_bits_change_only_the_kl_term():
     vae = tiny_vae(latent_dim=3)
-    y = likelihood.cell_centres(jnp.asarray(np.random.default_rng(1).integers(0, 3, (8, 2, 2, 1))), 3)
+    y = images_lib.level_centres(jnp.asarray(np.random.default_rng(1).integers(0, 3, (8, 2, 2, 1))), 3)
     base = vae_lib.make_vae_model(vae)
     params = base.init(jax.random.PRNGKey(0), y)
     key = jax.random.PRNGKey(4)
@@ -223,7 +224,7 @@ def test_loss_is_negative_elbo_and_beta_and_free_bits_change_only_the_kl_term():
 def test_encode_and_decode_are_public_and_consistent():
     vae = tiny_vae(latent_dim=2)
     model = vae_lib.make_vae_model(vae)
-    y = likelihood.cell_centres(jnp.asarray(np.random.default_rng(2).integers(0, 3, (5, 2, 2, 1))), 3)
+    y = images_lib.level_centres(jnp.asarray(np.random.default_rng(2).integers(0, 3, (5, 2, 2, 1))), 3)
     params = model.init(jax.random.PRNGKey(0), y)
     mean, log_std = vae_lib.encode(vae, params, y)
     assert mean.shape == log_std.shape == (5, 2)
@@ -233,7 +234,7 @@ def test_encode_and_decode_are_public_and_consistent():
     np.testing.assert_array_equal(np.asarray(likelihood.levels_of(images, 3)),
                                   np.asarray(jnp.argmax(logits, -1)))
     drawn = vae_lib.decode(vae, params, mean, key=jax.random.PRNGKey(1))
-    np.testing.assert_array_equal(np.asarray(likelihood.cell_centres(likelihood.levels_of(drawn, 3), 3)),
+    np.testing.assert_array_equal(np.asarray(images_lib.level_centres(likelihood.levels_of(drawn, 3), 3)),
                                   np.asarray(drawn))
 
 
@@ -286,7 +287,7 @@ def test_tiny_vae_run_trains_samples_and_reports_bounds(tmp_path):
     samples = main.sample(config, wd, verbose=False)
     assert samples.shape == (8, 8, 8, 1)
     # samples are cell centres of 17 levels
-    np.testing.assert_allclose(np.asarray(likelihood.cell_centres(likelihood.levels_of(samples, 17), 17)), samples,
+    np.testing.assert_allclose(np.asarray(images_lib.level_centres(likelihood.levels_of(samples, 17), 17)), samples,
                                rtol=0, atol=1e-6)
     result = main.evaluate(config, wd, verbose=False)
     with open(f"{wd}/eval.json") as f:

@@ -11,9 +11,10 @@ import pytest
 
 from configs import digits_vqvae
 from experiments import main
-from genjax.vae import likelihood, quantize
+from genjax.vae import quantize
 from genjax.vae import nets as vae_nets
 from genjax.vae import vqvae
+from genjax.data import images as images_lib
 
 
 def test_nearest_codes_match_brute_force():
@@ -72,7 +73,7 @@ def test_loss_terms_gradients_and_state():
     through the straight-through estimator; the codebook is state, not a parameter,
     and the returned state is the EMA update of the batch's assignments."""
     model = tiny_model()
-    y = likelihood.cell_centres(jnp.asarray(np.random.default_rng(0).integers(0, 5, (8, 4, 4, 1))), 5)
+    y = images_lib.level_centres(jnp.asarray(np.random.default_rng(0).integers(0, 5, (8, 4, 4, 1))), 5)
     params = model.init(jax.random.PRNGKey(0), y)
     state = model.init_model_state(jax.random.PRNGKey(1), y)
     assert set(params) == {"encoder", "decoder"}

@@ -47,17 +47,6 @@ from genjax.core import Model
 from genjax.data import images as images_lib
 
 
-def level_centres(x_int, num_levels: int):
-    """Integer levels -> their cells' centres in model space, -1 + (2 x + 1) / L."""
-    return images_lib.LOW + (jnp.asarray(x_int, jnp.float32) + 0.5) * (
-        (images_lib.HIGH - images_lib.LOW) / num_levels)
-
-
-def log_cell_volume(data_shape, num_levels: int) -> float:
-    """D log(2 / L): the log-volume of one level's cell in model space."""
-    return math.prod(data_shape) * math.log((images_lib.HIGH - images_lib.LOW) / num_levels)
-
-
 def check_levels(net, num_levels: int) -> None:
     """A ValueError naming both numbers when the network's output levels differ
     from the data's levels."""
@@ -101,7 +90,7 @@ def make_pixelcnn_model(net, *, data_shape, num_levels: int, num_classes: int | 
     conditional = num_classes is not None
     null_label = num_classes
     dim = math.prod(data_shape)
-    log_volume = log_cell_volume(data_shape, num_levels)
+    log_volume = images_lib.log_cell_volume(data_shape, num_levels)
 
     def levels_of(y):
         return images_lib.to_levels(y, num_levels)
@@ -111,7 +100,7 @@ def make_pixelcnn_model(net, *, data_shape, num_levels: int, num_classes: int | 
 
     def init(key, batch):
         x, labels = guidance_lib.split_batch(batch, conditional)
-        return net.init(key, level_centres(levels_of(x), num_levels), labels)
+        return net.init(key, images_lib.level_centres(levels_of(x), num_levels), labels)
 
     def discrete_log_prob(params, x_int, labels=None, *, key=None):
         """log P(x | labels) in nats per image (B,), for integer levels (B, H, W, C);
@@ -119,7 +108,7 @@ def make_pixelcnn_model(net, *, data_shape, num_levels: int, num_classes: int | 
         x_int = jnp.asarray(x_int, jnp.int32)
         if conditional and labels is None:
             labels = null_labels(x_int.shape[0])
-        x_in = level_centres(x_int, num_levels)
+        x_in = images_lib.level_centres(x_int, num_levels)
         if key is None:
             logits = net.apply(params, x_in, labels)
         else:
@@ -143,12 +132,12 @@ def make_pixelcnn_model(net, *, data_shape, num_levels: int, num_classes: int | 
         """x_int (N, H, W, C) -> logits, guided when guidance != 0 (one call of batch 2N)."""
         w = guidance_lib.check_guidance(guidance, num_classes)
         if not conditional or (isinstance(w, float) and w == 0.0):
-            return lambda x_int: net.apply(params, level_centres(x_int, num_levels), labels)
+            return lambda x_int: net.apply(params, images_lib.level_centres(x_int, num_levels), labels)
         both = jnp.concatenate([labels, null_labels(labels.shape[0])])
 
         def fn(x_int):
             n = x_int.shape[0]
-            l2 = net.apply(params, level_centres(jnp.concatenate([x_int, x_int]), num_levels), both)
+            l2 = net.apply(params, images_lib.level_centres(jnp.concatenate([x_int, x_int]), num_levels), both)
             return (1.0 + w) * l2[:n] - w * l2[n:]
 
         return fn
@@ -167,7 +156,7 @@ def make_pixelcnn_model(net, *, data_shape, num_levels: int, num_classes: int | 
             return x_NHWC.reshape(num, dim).at[:, i].set(level).reshape(num, H, W, C)
 
         x_int = jax.lax.fori_loop(0, dim, step, jnp.zeros((num,) + data_shape, jnp.int32))
-        return level_centres(x_int, num_levels)
+        return images_lib.level_centres(x_int, num_levels)
 
     model = Model(init=init, loss=loss, sample=sample, log_prob=log_prob)
     return model
@@ -176,7 +165,7 @@ def make_pixelcnn_model(net, *, data_shape, num_levels: int, num_classes: int | 
 def discrete_log_prob(net, params, x_int_BHWC, labels_B=None):
     """log P(x | labels) in nats per image, (B,), of integer images under `net`."""
     x_int_BHWC = jnp.asarray(x_int_BHWC, jnp.int32)
-    logits = net.apply(params, level_centres(x_int_BHWC, net.num_levels), labels_B)
+    logits = net.apply(params, images_lib.level_centres(x_int_BHWC, net.num_levels), labels_B)
     return jnp.sum(pixel_log_probs(logits, x_int_BHWC), axis=(1, 2, 3))
 
 
@@ -214,7 +203,7 @@ def code_images(net, params, x_int_BNHWC, stream_BS, decoding, labels_BN=None):
 
         def pixel(i, carry):
             x_BD, dec, cum_BD, freq_BD, bits_BD = carry
-            x_in = level_centres(x_BD.reshape(B, H, W, C), L)
+            x_in = images_lib.level_centres(x_BD.reshape(B, H, W, C), L)
             logits_BL = net.apply(params, x_in, labels_B).reshape(B, D, L)[:, i]
             freq_BL = coding.quantize(logits_BL)
             sym_dec_B, dec = coding.decode_symbol(dec, freq_BL, stream_BS)

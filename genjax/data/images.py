@@ -25,6 +25,18 @@ def to_levels(y, num_levels: int):
     return jnp.clip(levels, 0, num_levels - 1).astype(jnp.int32)
 
 
+def level_centres(x_int, num_levels: int):
+    """Integer levels x -> their cells' centres in model space, -1 + (2 x + 1) / L
+    (float32): where `to_levels` maps back exactly."""
+    return LOW + (jnp.asarray(x_int).astype(jnp.float32) + 0.5) * ((HIGH - LOW) / num_levels)
+
+
+def log_cell_volume(data_shape, num_levels: int) -> float:
+    """D log(2 / L): the log-volume of one data cell in model space (D = size of one
+    example), the term between a density on [-1, 1]^D and the discrete NLL."""
+    return math.prod(data_shape) * math.log((HIGH - LOW) / num_levels)
+
+
 def to_model_space(key, x_int, num_levels: int):
     """Uniform dequantization of integer images (leading batch axis) into [-1, 1].
 
@@ -41,8 +53,7 @@ def to_model_space(key, x_int, num_levels: int):
         raise ValueError(f"x_int must hold integer levels; got dtype {x.dtype}")
     y, log_bin_volume = uniform_dequantize(key, x.astype(jnp.float32), num_levels, LOW, HIGH)
     y = y.astype(jnp.float32)
-    centre = LOW + (x.astype(jnp.float32) + 0.5) * ((HIGH - LOW) / num_levels)
-    y = jnp.where(to_levels(y, num_levels) == x, y, centre)
+    y = jnp.where(to_levels(y, num_levels) == x, y, level_centres(x, num_levels))
     return y, log_bin_volume
 
 

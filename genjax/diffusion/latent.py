@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from genjax.core import Model, check_int
-from genjax.vae import likelihood as vae_likelihood
 from genjax.vae import model as vae_lib
+from genjax.data import images as images_lib
 
 DECODERS = ("mode", "sample")
 
@@ -125,7 +125,7 @@ def make_latent_diffusion_model(prior: Model, vae: vae_lib.VAE, vae_params, *, s
     per image (`make_bound_terms_fn` gives its three terms).
     """
     scale = _check_scale(scale)
-    volume = vae_likelihood.log_bin_volume(tuple(vae.data_shape), vae.num_levels)
+    volume = images_lib.log_cell_volume(tuple(vae.data_shape), vae.num_levels)
     bound_terms = make_bound_terms_fn(prior, vae, vae_params, scale=scale,
                                       num_latent_samples=num_latent_samples)
 

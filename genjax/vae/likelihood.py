@@ -15,7 +15,6 @@ can put most of a pixel's mass on the two ends (background 0, stroke 16) and som
 on a middle level at once; the logistic is unimodal per pixel and its ordinal
 smoothness is a prior meant for 256 levels.
 """
-import math
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +25,6 @@ from genjax.data import images as images_lib
 def levels_of(y, num_levels: int):
     """Integer levels (int32) of model-space images y in [-1, 1]."""
     return images_lib.to_levels(y, num_levels)
-
-
-def cell_centres(levels, num_levels: int):
-    """Model-space centres -1 + (2 x + 1) / L of integer levels x (float32)."""
-    return images_lib.LOW + (levels.astype(jnp.float32) + 0.5) * ((images_lib.HIGH - images_lib.LOW) / num_levels)
-
-
-def log_bin_volume(data_shape, num_levels: int) -> float:
-    """D log(2 / L): the log-volume of one data cell in model space."""
-    return math.prod(data_shape) * math.log((images_lib.HIGH - images_lib.LOW) / num_levels)
 
 
 def categorical_log_likelihood(logits_NHWCL, levels_NHWC):

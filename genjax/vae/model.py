@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from genjax.core import Model, check_int, check_shape
 from genjax.vae import bounds, likelihood
+from genjax.data import images as images_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class VAE:
 def encoder_input(vae: VAE, y):
     """The cell centres of the discrete image that model-space y (dequantized or not)
     falls in: what the encoder sees, so the model is a function of x alone."""
-    return likelihood.cell_centres(likelihood.levels_of(y, vae.num_levels), vae.num_levels)
+    return images_lib.level_centres(likelihood.levels_of(y, vae.num_levels), vae.num_levels)
 
 
 def encode(vae: VAE, params, y):
@@ -79,7 +80,7 @@ def decode(vae: VAE, params, z, key=None):
     logits = decoder_logits(vae, params, z)
     levels = (likelihood.most_probable_levels(logits) if key is None
               else likelihood.sample_levels(key, logits))
-    return likelihood.cell_centres(levels, vae.num_levels)
+    return images_lib.level_centres(levels, vae.num_levels)
 
 
 def log_likelihood_fn(vae: VAE, params, y):
@@ -116,7 +117,7 @@ def make_vae_model(vae: VAE, *, kl_weight: float = 1.0, free_bits: float = 0.0,
     default_chunk = check_int("importance_chunk_size", importance_chunk_size, 1)
     check_int("latent_dim", vae.latent_dim, 1)
     check_int("num_levels", vae.num_levels, 2)
-    volume = likelihood.log_bin_volume(data_shape, vae.num_levels)
+    volume = images_lib.log_cell_volume(data_shape, vae.num_levels)
 
     def images_of(batch):
         if not hasattr(batch, "shape"):

@@ -30,6 +30,7 @@ import flax.linen as nn
 
 from genjax.core import Model, check_int, check_shape
 from genjax.vae import likelihood, quantize
+from genjax.data import images as images_lib
 
 
 def make_vqvae_model(encoder: nn.Module, decoder: nn.Module, *, data_shape: tuple, num_levels: int,
@@ -62,7 +63,7 @@ def make_vqvae_model(encoder: nn.Module, decoder: nn.Module, *, data_shape: tupl
 
     def levels_and_input(y):
         levels = likelihood.levels_of(y, num_levels)
-        return levels, likelihood.cell_centres(levels, num_levels)
+        return levels, images_lib.level_centres(levels, num_levels)
 
     def init(key, batch):
         _, x = levels_and_input(images_of(batch))
@@ -88,7 +89,7 @@ def make_vqvae_model(encoder: nn.Module, decoder: nn.Module, *, data_shape: tupl
         log_lik_N = likelihood.categorical_log_likelihood(logits, levels)
         commitment = jnp.mean(jnp.sum(((z_e - jax.lax.stop_gradient(z_q)) ** 2).reshape(z_e.shape[0], -1), axis=1))
         value = -jnp.mean(log_lik_N) + commitment_weight * commitment
-        reconstruction = likelihood.cell_centres(likelihood.most_probable_levels(logits), num_levels)
+        reconstruction = images_lib.level_centres(likelihood.most_probable_levels(logits), num_levels)
         metrics = {
             "reconstruction_nll": -jnp.mean(log_lik_N),
             "reconstruction_mse": jnp.mean((jax.lax.stop_gradient(reconstruction) - x) ** 2),
@@ -114,6 +115,6 @@ def make_vqvae_model(encoder: nn.Module, decoder: nn.Module, *, data_shape: tupl
         logits = decoder.apply({"params": params["decoder"]}, jnp.asarray(model_state["codebook"])[codes])
         levels = (likelihood.sample_levels(x_key, logits) if method == "ancestral"
                   else likelihood.most_probable_levels(logits))
-        return likelihood.cell_centres(levels, num_levels)
+        return images_lib.level_centres(levels, num_levels)
 
     return Model(init=init, loss=loss, sample=sample, log_prob=None, init_model_state=init_model_state)
