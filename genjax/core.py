@@ -100,3 +100,14 @@ def interp(x: jax.Array, xp: jax.Array, fp: jax.Array) -> jax.Array:
     w = jnp.where(dx == 0, 0.0, (x - x0) / jnp.where(dx == 0, 1.0, dx))
     inside = f0 + w * (f1 - f0)
     return jnp.where(x <= xp[0], fp[0], jnp.where(x >= xp[n - 1], fp[n - 1], inside))
+
+
+def unconditional_batch(family: str, batch, data_shape: tuple):
+    """`batch` itself when it is an array of examples (N, *data_shape); otherwise a
+    ValueError naming the family, the expected shape and what came (a dict of
+    images and labels goes to a family that takes no labels)."""
+    if not hasattr(batch, "shape"):
+        raise ValueError(f"a {family} batch is an array of shape (N, {', '.join(map(str, data_shape))}) "
+                         f"(unconditional); got {type(batch).__name__}")
+    check_shape("batch", batch, (None,) + tuple(data_shape))
+    return batch

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genjax.core import Model, check_int, check_shape
+from genjax.core import Model, check_int, unconditional_batch
 from genjax.gan import losses as losses_lib
 
 DEFAULT_N_CRITIC = {"wgan_gp": 5, "non_saturating": 1, "hinge": 1}
@@ -90,11 +90,7 @@ def make_gan_model(
     critic_objective, generator_objective = losses_lib.LOSSES[loss]
 
     def data_of(batch):
-        if not hasattr(batch, "shape"):
-            raise ValueError(f"a GAN batch is an array of shape (N, {', '.join(map(str, data_shape))}) "
-                             f"(unconditional); got {type(batch).__name__}")
-        check_shape("batch", batch, (None,) + data_shape)
-        return batch
+        return unconditional_batch("GAN", batch, data_shape)
 
     def latents(key, num):
         return jax.random.normal(key, (num, latent_dim))

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genjax.core import Model, check_int, check_shape
+from genjax.core import Model, check_int, unconditional_batch
 from genjax.vae import bounds, likelihood
 from genjax.data import images as images_lib
 
@@ -120,11 +120,7 @@ def make_vae_model(vae: VAE, *, kl_weight: float = 1.0, free_bits: float = 0.0,
     volume = images_lib.log_cell_volume(data_shape, vae.num_levels)
 
     def images_of(batch):
-        if not hasattr(batch, "shape"):
-            raise ValueError(f"a VAE batch is an array of images (N, {', '.join(map(str, data_shape))}) "
-                             f"(unconditional); got {type(batch).__name__}")
-        check_shape("batch", batch, (None,) + data_shape)
-        return batch
+        return unconditional_batch("VAE", batch, data_shape)
 
     def init(key, batch):
         y = images_of(batch)

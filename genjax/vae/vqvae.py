@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from genjax.core import Model, check_int, check_shape
+from genjax.core import Model, check_int, unconditional_batch
 from genjax.vae import likelihood, quantize
 from genjax.data import images as images_lib
 
@@ -55,11 +55,7 @@ def make_vqvae_model(encoder: nn.Module, decoder: nn.Module, *, data_shape: tupl
         raise ValueError(f"codebook_decay={codebook_decay!r}; expected a number in [0, 1) (the paper: 0.99)")
 
     def images_of(batch):
-        if not hasattr(batch, "shape"):
-            raise ValueError(f"a VQ-VAE batch is an array of images (N, {', '.join(map(str, data_shape))}) "
-                             f"(unconditional); got {type(batch).__name__}")
-        check_shape("batch", batch, (None,) + data_shape)
-        return batch
+        return unconditional_batch("VQ-VAE", batch, data_shape)
 
     def levels_and_input(y):
         levels = likelihood.levels_of(y, num_levels)
